@@ -1,0 +1,152 @@
+"""Parameters in the reference's (PyTorch, mahbodnr/deep_nmf) naming and layouts, both ways.
+
+Names follow the fixtures (``tests/fixtures/README.md``): ``blockK.a.weight``, ``blockK.a.bias``,
+``blockK.a_bn.scale``, ``blockK.a_bn.bias``, ``blockK.b.weight``, ``blockK.b.bias``, ``blockK.b_bn.scale``,
+``blockK.b_bn.bias``. Layouts are torch's:
+
+* NMF a-layer ``weight``: (out, in) = (F, S); ours is ``kernel`` (S, F). Grouped: (G, F/G, S/G) as
+  davrot/nnmf_24b; ours (G, S/G, F/G).
+* conv a-layer and b-layer ``weight``: (out, in/G, 1, 1); ours (S, F), grouped (G, S/G, F/G).
+* biases and BatchNorm scale (torch's ``weight``) and bias: (C,) in both.
+
+This is how weights trained with the PyTorch code are brought over, and how parity is tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from deepnmf_jax import models
+
+_PARAM_PREFIX = "param/"
+
+
+def _template(model_name: str, image_size: int, **overrides) -> tuple[models.DeepNMF, dict]:
+    model = models.build_model(model_name, **overrides)
+    channels = overrides.get("input_channels") or 3
+    images = jax.ShapeDtypeStruct((2, image_size, image_size, channels), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    return model, shapes
+
+
+def _torch_name(path: tuple[str, ...]) -> str:
+    block, layer, leaf = path
+    if leaf == "kernel":
+        leaf = "weight"
+    return f"{block}.{layer}.{leaf}"
+
+
+def _is_nmf(model: models.DeepNMF, path: tuple[str, ...]) -> bool:
+    return model.a_layer == "nmf" and path[1] == "a"
+
+
+def _to_ours(value: np.ndarray, shape: tuple[int, ...], nmf_layout: bool) -> np.ndarray:
+    if len(shape) == 1:
+        return value
+    if value.ndim == 4:  # conv (out, in/G, 1, 1)
+        value = value[:, :, 0, 0]
+    if len(shape) == 2:
+        return value.T
+    groups, in_per_group, out_per_group = shape
+    if not nmf_layout or value.ndim == 2:
+        value = value.reshape(groups, out_per_group, in_per_group)
+    return value.transpose(0, 2, 1)
+
+
+def _to_torch(value: np.ndarray, nmf_layout: bool, is_kernel: bool) -> np.ndarray:
+    if not is_kernel:
+        return value
+    if value.ndim == 2:
+        torch_value = value.T
+    else:
+        torch_value = value.transpose(0, 2, 1)  # (G, F/G, S/G)
+        if not nmf_layout:
+            torch_value = torch_value.reshape(-1, torch_value.shape[-1])
+    return torch_value if nmf_layout else torch_value[:, :, None, None]
+
+
+def load_reference_params(
+    model_name: str,
+    arrays: Mapping[str, Any],
+    *,
+    dtype=jnp.float32,
+    image_size: int = 28,
+    **model_overrides,
+) -> dict:
+    """Turns reference-named parameters into this project's ``variables`` for ``build_model(...)``.
+
+    Args:
+      model_name: ``"cnn" | "cnmf" | "cnn_1x1" | "cnmf_1x1"``.
+      arrays: a mapping from reference names (``"block1.a.weight"``, ...) to arrays in torch layouts.
+        A fixture file (``np.load("model_cnn.npz")``) can be passed as is: when keys start with
+        ``"param/"`` only those are read.
+      dtype: dtype of the returned arrays (float64 needs ``jax_enable_x64``).
+      image_size: side of the (square) training images the model sees: 28 for CIFAR (after the
+        crop), 24 for Fashion-MNIST. It fixes the patch size of the "full" block.
+      **model_overrides: passed to :func:`deepnmf_jax.models.build_model` (e.g. ``batch_norm``).
+
+    Returns:
+      ``{"params": ...}`` (plus ``"batch_stats"`` at torch's initial values, mean 0 and variance 1,
+      when ``batch_norm="running"``).
+
+    Raises:
+      ValueError: a name is missing or unexpected, or an array has the wrong shape.
+    """
+    if any(key.startswith(_PARAM_PREFIX) for key in arrays):
+        arrays = {k[len(_PARAM_PREFIX) :]: arrays[k] for k in arrays if k.startswith(_PARAM_PREFIX)}
+    model, shapes = _template(model_name, image_size, **model_overrides)
+    flat_shapes = traverse_util.flatten_dict(shapes["params"])
+    expected = {_torch_name(path): path for path in flat_shapes}
+    missing = sorted(set(expected) - set(arrays))
+    unexpected = sorted(set(arrays) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"parameters do not match model {model_name!r}: missing {missing}, unexpected {unexpected}"
+        )
+    flat = {}
+    for name, path in expected.items():
+        shape = flat_shapes[path].shape
+        value = _to_ours(np.asarray(arrays[name]), shape, _is_nmf(model, path))
+        if value.shape != shape:
+            raise ValueError(
+                f"{name}: got shape {np.shape(arrays[name])}, which does not convert to this "
+                f"model's shape {shape}"
+            )
+        flat[path] = jnp.asarray(value, dtype=dtype)
+    variables = {"params": traverse_util.unflatten_dict(flat)}
+    if "batch_stats" in shapes:  # torch's initial running statistics
+        variables["batch_stats"] = traverse_util.unflatten_dict(
+            {
+                path: (jnp.ones if path[-1] == "var" else jnp.zeros)(s.shape, s.dtype)
+                for path, s in traverse_util.flatten_dict(shapes["batch_stats"]).items()
+            }
+        )
+    return variables
+
+
+def export_reference_params(model_name: str, tree: Mapping[str, Any], **model_overrides) -> dict:
+    """The inverse of :func:`load_reference_params`: reference names -> numpy arrays, torch layouts.
+
+    Args:
+      model_name: the model the tree belongs to.
+      tree: ``variables`` (a dict with ``"params"``), or a tree shaped like ``variables["params"]``
+        or like ``variables`` (e.g. gradients), so gradients can be compared name by name.
+      **model_overrides: as for :func:`load_reference_params`.
+
+    Returns:
+      ``{name: np.ndarray}`` in the reference's names and layouts, dtypes unchanged.
+    """
+    params = tree["params"] if "params" in tree else tree
+    model = models.build_model(model_name, **model_overrides)
+    out = {}
+    for path, value in traverse_util.flatten_dict(dict(params)).items():
+        out[_torch_name(path)] = _to_torch(
+            np.asarray(value), _is_nmf(model, path), is_kernel=path[-1] == "kernel"
+        )
+    return out

@@ -1,0 +1,41 @@
+"""Strict test configuration, in the style of optimistix/equinox.
+
+* 8 fake CPU devices (sharding tests), set before JAX is imported.
+* float64 available everywhere (``jax_enable_x64``): tests that want float32 say so by their dtypes.
+* strict dtype promotion and no implicit rank promotion: library code must cast and broadcast on
+  purpose.
+* a persistent compilation cache under ``.jax_cache/`` (repeat runs compile less).
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
+jax.config.update(
+    "jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture
+def getkey():
+    """Returns a function that hands out a fresh PRNG key on every call."""
+    keys = iter(jax.random.split(jax.random.key(0), 1000))
+    return lambda: next(keys)
+
+
+@pytest.fixture(scope="session")
+def layer_fixtures():
+    return np.load(FIXTURES / "nnmf_layer.npz")

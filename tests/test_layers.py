@@ -1,0 +1,129 @@
+"""Layers (deepnmf_jax.layers) and losses (deepnmf_jax.losses): definitions checked by hand and by oracles."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepnmf_jax import layers, losses, nmf
+
+
+@pytest.mark.parametrize(
+    "kernel_size,strides,padding", [(5, 1, 0), ((2, 3), (2, 1), 1), ("full", 1, 0), (1, 1, 0)]
+)
+def test_patches_by_slices_equal_conv_general_dilated_patches(
+    getkey, kernel_size, strides, padding
+):
+    x = jax.random.uniform(getkey(), (2, 7, 6, 3), jnp.float64)
+    slices = layers.extract_patches(x, kernel_size, strides, padding, method="slices")
+    conv = layers.extract_patches(x, kernel_size, strides, padding, method="conv")
+    assert slices.shape == conv.shape
+    np.testing.assert_array_equal(slices, conv)
+
+
+def test_patch_feature_order_is_channel_major_like_torch_unfold():
+    # x[n, h, w, c] = 100 c + 10 h + w: a 2x2 patch at (0, 0) reads c-major (c, ki, kj).
+    h, w, c = np.meshgrid(np.arange(3), np.arange(3), np.arange(2), indexing="ij")
+    x = jnp.asarray((100 * c + 10 * h + w)[None], jnp.float64)
+    patch = layers.extract_patches(x, 2)[0, 0, 0]
+    np.testing.assert_array_equal(patch, [0, 1, 10, 11, 100, 101, 110, 111])
+
+
+def test_patch_errors():
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        layers.extract_patches(jnp.ones((1, 4, 4, 1)), 5)
+    with pytest.raises(ValueError, match="rank 4"):
+        layers.extract_patches(jnp.ones((4, 4, 1)), 2)
+
+
+def test_grouped_nmf_is_per_group_nmf_concatenated_and_renormalised(getkey):
+    x = jax.random.uniform(getkey(), (2, 3, 3, 4), jnp.float64)
+    layer = layers.NMFConv(features=6, kernel_size=1, groups=2, iterations=5)
+    variables = layer.init(getkey(), x)
+    u = variables["params"]["kernel"]
+    assert u.shape == (2, 2, 3)
+    out = layer.apply(variables, x)
+    parts = [
+        nmf.nmf_fixed_point(
+            nmf.l1_normalize(x[..., 2 * g : 2 * g + 2]), nmf.normalize_weight(u[g]), iterations=5
+        )
+        for g in range(2)
+    ]
+    np.testing.assert_allclose(out, jnp.concatenate(parts, -1) / 2, rtol=1e-14)
+
+
+def test_patch_conv_is_linear_map_of_l1_normalised_patches_with_torch_init(getkey):
+    x = jax.random.uniform(getkey(), (2, 6, 6, 3), jnp.float64)
+    layer = layers.PatchConv(features=4, kernel_size=3)
+    variables = layer.init(getkey(), x)
+    kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
+    bound = 1 / np.sqrt(27)
+    assert kernel.shape == (27, 4) and float(jnp.max(jnp.abs(kernel))) <= bound
+    assert float(jnp.max(jnp.abs(bias))) <= bound and float(jnp.std(kernel)) > bound / 3
+    patches = layers.extract_patches(x, 3)
+    expected = patches / patches.sum(-1, keepdims=True) @ kernel.astype(jnp.float64)
+    expected = expected + bias.astype(jnp.float64)[None, None, None]
+    np.testing.assert_allclose(layer.apply(variables, x), expected, rtol=1e-13)
+
+
+def test_mix1x1_starts_near_identity_on_rectified_normalised_input(getkey):
+    x = jax.random.normal(getkey(), (2, 3, 3, 5), jnp.float64)
+    layer = layers.Mix1x1()
+    variables = layer.init(getkey(), x)
+    kernel = variables["params"]["kernel"]
+    assert float(jnp.max(jnp.abs(kernel - jnp.eye(5, dtype=kernel.dtype)))) <= 0.5e-4
+    assert float(jnp.max(jnp.abs(variables["params"]["bias"]))) <= 0.5e-4
+    relu = jnp.maximum(x, 0)
+    np.testing.assert_allclose(
+        layer.apply(variables, x), relu / relu.sum(-1, keepdims=True), atol=2e-4
+    )
+
+
+def test_batch_norm_modes(getkey):
+    x = 3 + 2 * jax.random.normal(getkey(), (8, 2, 2, 3), jnp.float64)
+    by_hand = (x - x.mean((0, 1, 2))[None, None, None]) / jnp.sqrt(x.var((0, 1, 2)) + 1e-5)[
+        None, None, None
+    ]
+
+    batch = layers.BatchNorm("batch")
+    variables = batch.init(getkey(), x, train=True)
+    assert set(variables) == {"params"}  # the reference's mode keeps no state
+    np.testing.assert_allclose(batch.apply(variables, x, train=False), by_hand, rtol=1e-12)
+
+    running = layers.BatchNorm("running")
+    variables = running.init(getkey(), x, train=True)
+    out, updates = running.apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(out, by_hand, rtol=1e-12)
+    stats = updates["batch_stats"]
+    np.testing.assert_allclose(stats["mean"], 0.1 * x.mean((0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * x.var((0, 1, 2), ddof=1), rtol=1e-6)
+    evaluated = running.apply({**variables, "batch_stats": stats}, x, train=False)
+    mean, var = (np.asarray(stats[k], np.float64)[None, None, None] for k in ("mean", "var"))
+    np.testing.assert_allclose(evaluated, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-6)
+
+
+def test_reference_loss_by_hand():
+    probs = jnp.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
+    labels = jnp.array([0, 2])
+    kl = (-np.log(0.5) - np.log(0.8)) / 3
+    mse = ((0.25 + 0.0625 + 0.0625) + (0.01 + 0.01 + 0.04)) / 3
+    expected = (kl + 0.5 * mse) / 1.5
+    np.testing.assert_allclose(losses.reference_loss(probs, labels), expected, rtol=1e-14)
+    paper = np.mean([-np.log(0.5) + 0.5 * 0.375, -np.log(0.8) + 0.5 * 0.06])
+    np.testing.assert_allclose(losses.paper_loss(probs, labels), paper, rtol=1e-14)
+    np.testing.assert_allclose(
+        losses.paper_loss(probs, labels),
+        losses.reference_loss(probs, labels) * 1.5 * 3 / 2,
+        rtol=1e-14,
+    )
+    # A zero probability stays finite thanks to the 1e-20 guard.
+    assert np.isfinite(float(losses.reference_loss(jnp.array([[0.0, 1.0]]), jnp.array([0]))))
+
+
+def test_loss_errors():
+    with pytest.raises(ValueError, match="integer"):
+        losses.reference_loss(jnp.ones((2, 3)) / 3, jnp.ones((2,)))
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3,\)"):
+        losses.reference_loss(jnp.ones((2, 3)) / 3, jnp.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="unknown loss"):
+        losses.get_loss("kl")

@@ -1,0 +1,200 @@
+"""The four paper models against the reference fixtures, parameter counts, and the reference I/O."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepnmf_jax import losses, models, reference
+from tests.conftest import FIXTURES
+from tests.helpers import assert_close_to_reference, scaled_error
+
+MODEL_NAMES = ["cnn", "cnmf", "cnn_1x1", "cnmf_1x1"]
+PAPER_COUNTS = {"cnn": 153_258, "cnmf": 153_056, "cnn_1x1": 168_088, "cnmf_1x1": 167_886}
+
+
+@functools.cache
+def _fixture(name):
+    return dict(np.load(FIXTURES / f"model_{name}.npz"))
+
+
+@functools.cache
+def _loss_and_grads_fn(name, gradient="approximate"):
+    model = models.build_model(name, gradient=gradient)
+
+    @jax.jit
+    def loss_and_grads(params, images, labels):
+        def objective(params):
+            probs, intermediates = model.apply(
+                {"params": params}, images, train=True, return_intermediates=True
+            )
+            return losses.reference_loss(probs, labels), (probs, intermediates)
+
+        (loss, (probs, intermediates)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        acts = {k: v["out"] for k, v in intermediates.items()}
+        return loss, probs, acts, grads
+
+    return loss_and_grads
+
+
+def _run(name, dtype, gradient="approximate"):
+    fixture = _fixture(name)
+    variables = reference.load_reference_params(name, fixture, dtype=dtype)
+    images = jnp.asarray(fixture["input/images"], dtype)
+    labels = jnp.asarray(fixture["input/labels"], jnp.int32)
+    return _loss_and_grads_fn(name, gradient)(variables["params"], images, labels)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_matches_reference_fixtures(name, dtype):
+    fixture = _fixture(name)
+    loss, probs, acts, grads = _run(name, dtype)
+    assert probs.dtype == dtype and loss.dtype == dtype
+    assert_close_to_reference(probs, fixture["output/probs"], dtype, f"{name} probs")
+    loss_rtol = 1e-12 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(float(loss), float(fixture["output/loss"]), rtol=loss_rtol)
+    for block in range(1, 5):
+        ours = np.moveaxis(np.asarray(acts[f"block{block}"]), -1, 1)  # NHWC -> NCHW
+        ref = fixture[f"act/block{block}.out"]
+        assert_close_to_reference(ours, ref, dtype, f"{name} act block{block}")
+
+    exported = reference.export_reference_params(name, grads)
+    names = [str(n) for n in fixture["meta/param_names"]]
+    assert sorted(exported) == sorted(names)
+    zero_grad = {str(n) for n in fixture["meta/zero_grad_params"]}
+    largest = max(float(np.max(np.abs(fixture[f"grad/{n}"]))) for n in names)
+    zero_bound = (1e-10 if dtype == np.float64 else 1e-5) * largest
+    for param in names:
+        if param in zero_grad:
+            assert float(np.max(np.abs(exported[param]))) <= zero_bound, param
+        else:
+            assert_close_to_reference(exported[param], fixture[f"grad/{param}"], dtype, param)
+
+
+def test_unrolled_gradient_differs_from_the_reference():
+    """The fixtures were made with the one-step backward; autodiff through the loop is different."""
+    fixture = _fixture("cnmf")
+    _, probs, _, grads = _run("cnmf", np.float64, gradient="unrolled")
+    assert scaled_error(probs, fixture["output/probs"]) < 1e-12  # same forward
+    exported = reference.export_reference_params("cnmf", grads)
+    for param in ("block1.a.weight", "block4.a.weight"):
+        assert scaled_error(exported[param], fixture[f"grad/{param}"]) > 0.5, param
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parameter_counts_match_the_paper(name):
+    variables = reference.load_reference_params(name, _fixture(name))
+    assert (
+        models.count_params(variables)
+        == PAPER_COUNTS[name]
+        == int(_fixture(name)["meta/param_count"])
+    )
+
+
+def _expected_count(name, width, groups, classes=10, channels=3):
+    f1, f2, f3 = (round(width * f) for f in (32, 64, 96))
+    conv = name.startswith("cnn")
+    count = channels * 25 * f1 + 25 * f1 * f2 // groups + 16 * f2 * f3 // groups + f3 * classes
+    if conv:
+        count += f1 + f2 + f3 + classes
+    if name.endswith("_1x1"):
+        count += f1 * f1 + f1 + f2 * f2 // groups + f2 + f3 * f3 // groups + f3
+        count += classes * classes + classes + 2 * (f1 + f2)
+    return count + 2 * (f1 + f2)
+
+
+@pytest.mark.parametrize(
+    "name,width,groups,classes",
+    [("cnmf_1x1", 2, 4, 10), ("cnn_1x1", 0.5, 2, 100), ("cnmf", 1, 8, 10), ("cnn", 1, 1, 100)],
+)
+def test_parameter_counts_with_width_and_groups(name, width, groups, classes):
+    model = models.build_model(name, width=width, groups=groups, num_classes=classes)
+    images = jax.ShapeDtypeStruct((2, 28, 28, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    assert models.count_params(shapes) == _expected_count(name, width, groups, classes)
+
+
+def test_fashion_mnist_shapes():
+    model = models.build_model("cnmf_1x1", input_channels=1)
+    images = jax.ShapeDtypeStruct((2, 24, 24, 1), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    assert shapes["params"]["block1"]["a"]["kernel"].shape == (25, 32)
+    assert shapes["params"]["block3"]["a"]["kernel"].shape == (9 * 64, 96)
+    with pytest.raises(ValueError, match="expects 1 input channels"):
+        jax.eval_shape(
+            lambda x: model.init(jax.random.key(0), x, train=False),
+            jax.ShapeDtypeStruct((2, 24, 24, 3), jnp.float32),
+        )
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_reference_params_round_trip_bit_exactly(name):
+    fixture = _fixture(name)
+    for dtype in (np.float64, np.float32):
+        variables = reference.load_reference_params(name, fixture, dtype=dtype)
+        exported = reference.export_reference_params(name, variables)
+        for param in fixture["meta/param_names"]:
+            original = fixture[f"param/{param}"]
+            assert exported[str(param)].shape == original.shape
+            np.testing.assert_array_equal(exported[str(param)].astype(np.float64), original)
+
+
+def test_reference_params_errors_name_the_problem():
+    fixture = {k[len("param/") :]: v for k, v in _fixture("cnn").items() if k.startswith("param/")}
+    with pytest.raises(ValueError, match=r"missing \['block1.b.bias'"):
+        reference.load_reference_params("cnn_1x1", fixture)
+    bad = dict(fixture, **{"block1.a.weight": np.zeros((32, 74, 1, 1))})
+    with pytest.raises(ValueError, match=r"block1\.a\.weight"):
+        reference.load_reference_params("cnn", bad)
+    with pytest.raises(ValueError, match="unknown model"):
+        reference.load_reference_params("resnet", fixture)
+
+
+def test_grouped_reference_layout_round_trips():
+    model = models.build_model("cnmf_1x1", groups=4)
+    variables = model.init(jax.random.key(1), jnp.zeros((2, 28, 28, 3)), train=False)
+    exported = reference.export_reference_params("cnmf_1x1", variables, groups=4)
+    assert exported["block2.a.weight"].shape == (4, 16, 200)  # (G, F/G, S/G) as davrot/nnmf_24b
+    assert exported["block2.b.weight"].shape == (64, 16, 1, 1)  # torch grouped conv
+    loaded = reference.load_reference_params("cnmf_1x1", exported, groups=4)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, variables)
+
+
+def test_intermediates_and_float64_throughout(getkey):
+    model = models.build_model("cnmf_1x1", iterations=2)
+    images = jax.random.uniform(getkey(), (2, 28, 28, 3), jnp.float64)
+    variables = model.init(getkey(), images.astype(jnp.float32), train=False)
+    variables64 = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), variables)
+    probs, inter = model.apply(variables64, images, train=False, return_intermediates=True)
+    assert probs.shape == (2, 10) and probs.dtype == jnp.float64
+    np.testing.assert_allclose(np.sum(probs, -1), 1.0, rtol=1e-14)
+    assert inter["block1"]["a"].shape == (2, 24, 24, 32)  # the final codes h of NMF layer 1
+    np.testing.assert_allclose(np.sum(inter["block1"]["a"], -1), 1.0, rtol=1e-12)
+    assert inter["block2"]["out"].shape == (2, 4, 4, 64)
+    assert all(v.dtype == jnp.float64 for b in inter.values() for v in b.values())
+
+
+def test_build_model_rejects_bad_options():
+    with pytest.raises(ValueError, match="unknown model"):
+        models.build_model("cnmf1x1")
+    with pytest.raises(ValueError, match="gradient must be one of"):
+        models.build_model("cnmf", gradient="full")
+    with pytest.raises(ValueError, match="batch_norm must be one of"):
+        models.build_model("cnmf", batch_norm="eval")
+    with pytest.raises(TypeError):
+        models.build_model("cnmf", widht=2)
+    model = models.build_model("cnmf", groups=3)
+    with pytest.raises(ValueError, match="groups=3 must divide"):
+        jax.eval_shape(
+            lambda x: model.init(jax.random.key(0), x, train=False),
+            jax.ShapeDtypeStruct((2, 28, 28, 3), jnp.float32),
+        )
+    custom = models.DeepNMF(blocks=(models.BlockSpec(4, 3),), a_layer="nmf", mix=False)
+    with pytest.raises(ValueError, match="reduce the image to 1x1"):
+        jax.eval_shape(
+            lambda x: custom.init(jax.random.key(0), x, train=False),
+            jax.ShapeDtypeStruct((2, 5, 5, 3), jnp.float32),
+        )

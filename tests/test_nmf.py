@@ -1,0 +1,346 @@
+"""The NMF layer (deepnmf_jax.nmf): reference fixtures, hand-worked numbers, autodiff and finite differences."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import checkify
+from jax.test_util import check_grads
+
+from deepnmf_jax import nmf
+from tests.helpers import assert_close_to_reference, scaled_error
+
+CASES = [
+    "s75_i32_3x3_it20",
+    "s75_i32_3x3_it5",
+    "s10_i7_1x1_it20",
+    "s10_i7_1x1_it5",
+    "s75_i32_3x3_it20_zeropatch",
+    "s10_i7_1x1_it20_uzero",
+]
+
+
+def _nchw_to_nhwc(a):
+    return np.moveaxis(np.asarray(a), 1, -1)
+
+
+def _nhwc_to_nchw(a):
+    return np.moveaxis(np.asarray(a), -1, 1)
+
+
+@functools.partial(jax.jit, static_argnames=("iterations",))
+def _layer_forward_and_grads(x_raw, u, upstream, iterations):
+    """The fixture's layer: L1 normalisation, normalize_weight, NMF; L = sum(h * g)."""
+
+    def objective(x_raw, u, x, w):
+        x = nmf.l1_normalize(x_raw) if x is None else x
+        w = nmf.normalize_weight(u) if w is None else w
+        h = nmf.nmf_fixed_point(x, w, iterations=iterations)
+        return jnp.sum(h * upstream), h
+
+    (_, h), (grad_x_raw, grad_u) = jax.value_and_grad(objective, (0, 1), has_aux=True)(
+        x_raw, u, None, None
+    )
+    x, w = nmf.l1_normalize(x_raw), nmf.normalize_weight(u)
+    grad_x, grad_w = jax.grad(lambda x, w: objective(None, None, x, w)[0], (0, 1))(x, w)
+    return {
+        "x": x,
+        "W": w,
+        "h": h,
+        "grad_x": grad_x,
+        "grad_x_raw": grad_x_raw,
+        "grad_W": grad_w,
+        "grad_U": grad_u,
+    }
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CASES)
+def test_layer_matches_reference_fixtures(layer_fixtures, case, dtype):
+    def ref(name):
+        return layer_fixtures[f"{case}/{name}"]
+
+    out = _layer_forward_and_grads(
+        jnp.asarray(_nchw_to_nhwc(ref("x_raw")), dtype),
+        jnp.asarray(ref("U").T, dtype),
+        jnp.asarray(_nchw_to_nhwc(ref("g")), dtype),
+        iterations=int(ref("iterations")),
+    )
+    for name in ("x", "h", "grad_x", "grad_x_raw"):
+        assert out[name].dtype == dtype
+        assert_close_to_reference(_nhwc_to_nchw(out[name]), ref(name), dtype, f"{case}/{name}")
+    for name in ("W", "grad_W", "grad_U"):  # ours (S, I), the reference's (I, S)
+        assert_close_to_reference(np.asarray(out[name]).T, ref(name), dtype, f"{case}/{name}")
+
+
+def test_zero_patches_give_zero_codes_and_finite_gradients(layer_fixtures):
+    case = "s75_i32_3x3_it20_zeropatch"
+    x_raw = _nchw_to_nhwc(layer_fixtures[f"{case}/x_raw"])
+    out = _layer_forward_and_grads(
+        jnp.asarray(x_raw),
+        jnp.asarray(layer_fixtures[f"{case}/U"].T),
+        jnp.asarray(_nchw_to_nhwc(layer_fixtures[f"{case}/g"])),
+        iterations=20,
+    )
+    zero = np.all(x_raw == 0, axis=-1)
+    assert zero.sum() == 12
+    np.testing.assert_array_equal(np.asarray(out["h"])[zero], 0.0)
+    np.testing.assert_array_equal(np.asarray(out["grad_x_raw"])[zero], 0.0)
+    assert np.all(np.isfinite(out["grad_U"]))
+    np.testing.assert_allclose(np.asarray(out["h"])[~zero].sum(-1), 1.0, rtol=1e-12)
+
+
+def test_normalize_weight_by_hand():
+    u = jnp.array([[1.0, -2.0], [3.0, 0.0]])
+    np.testing.assert_allclose(nmf.normalize_weight(u), [[0.25, 1.0], [0.75, 0.0]], rtol=1e-15)
+    # d/du of |u| is 0 at an exact zero (torch's convention), and the column's other entry gets
+    # d/du [|u| / (|u| + 2)] = 2/(2)^2 * sign = ... computed by hand for the objective sum(W * c).
+    c = jnp.array([[0.0, 1.0], [0.0, 5.0]])
+    grad = jax.grad(lambda u: jnp.sum(nmf.normalize_weight(u) * c))(u)
+    # column 1: a = (2, 0), S = 2; dW_00/du_00 etc. -> dL/du_01 = sign(-2) (c_01 - sum_t c_t1 W_t1)/S
+    #           = -(1 - 1) / 2 = 0; dL/du_11 = sign(0) * ... = 0.
+    np.testing.assert_allclose(grad[:, 1], [0.0, 0.0], atol=1e-15)
+    assert (
+        float(jax.grad(lambda v: jnp.sum(nmf.normalize_weight(v)[:, 1:] * c[:, 1:]))(u)[1, 1]) == 0
+    )
+    # An exact zero entry with a non-zero upstream gradient still gets exactly 0.
+    c2 = jnp.array([[0.0, 1.0], [0.0, -3.0]])
+    assert float(jax.grad(lambda v: jnp.sum(nmf.normalize_weight(v) * c2))(u)[1, 1]) == 0.0
+
+
+def test_one_update_by_hand():
+    # W columns (0.5, 0.5) and (1, 0); x = (1, 0); h0 = (1/2, 1/2):
+    # R = W h = (0.75, 0.25); x / R = (4/3, 0); W^T (x/R) = (2/3, 4/3); h * that = (1/3, 2/3).
+    w = jnp.array([[0.5, 1.0], [0.5, 0.0]])
+    x = jnp.array([1.0, 0.0])
+    h1 = nmf.nmf_fixed_point(x, w, iterations=1)
+    np.testing.assert_allclose(h1, [1 / 3, 2 / 3], rtol=1e-15)
+    # With W = identity the code equals x after one step and stays there.
+    h = nmf.nmf_fixed_point(jnp.array([0.3, 0.7]), jnp.eye(2), iterations=3)
+    np.testing.assert_allclose(h, [0.3, 0.7], rtol=1e-15)
+    # Zero iterations return the start h = 1/I.
+    np.testing.assert_array_equal(nmf.nmf_fixed_point(x, w, iterations=0), [0.5, 0.5])
+
+
+def _numpy_forward(x, w, iterations, epsilon):
+    """A NumPy transcription of the reference forward (NNMF2d.py:89)."""
+    h = np.full(x.shape[:-1] + (w.shape[1],), 1.0 / w.shape[1])
+    for _ in range(iterations):
+        r = h @ w.T + 1e-20
+        drive = (x / r) @ w
+        h = h * drive if epsilon is None else h * (1 + epsilon * drive)
+        h = h / (h.sum(-1, keepdims=True) + 1e-19)
+    return h
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(2, 3, 6))
+    x[0, 1] = 0.0  # one all-zero position
+    x = x / (x.sum(-1, keepdims=True) + 1e-19)
+    w = rng.uniform(size=(6, 4))
+    w = w / w.sum(0, keepdims=True)
+    g = rng.normal(size=(2, 3, 4))
+    return jnp.asarray(x), jnp.asarray(w), jnp.asarray(g)
+
+
+@pytest.mark.parametrize("epsilon", [None, 0.5])
+def test_forward_matches_numpy_transcription(small_problem, epsilon):
+    x, w, _ = small_problem
+    h = nmf.nmf_fixed_point(x, w, iterations=7, epsilon=epsilon)
+    np.testing.assert_allclose(
+        h, _numpy_forward(np.asarray(x), np.asarray(w), 7, epsilon), rtol=1e-13
+    )
+
+
+def test_approximate_vjp_is_one_update_at_the_fixed_h(small_problem):
+    """The custom VJP equals the VJP of one un-renormalised update with h held fixed."""
+    x, w, g = small_problem
+
+    def approximate(x, w):
+        return jnp.sum(g * nmf.nmf_fixed_point(x, w, iterations=20))
+
+    def one_update(x, w):
+        h = jax.lax.stop_gradient(nmf.nmf_fixed_point(x, w, iterations=20))
+        return jnp.sum(g * h * ((x / (h @ w.T + 1e-20)) @ w))
+
+    got = jax.grad(approximate, (0, 1))(x, w)
+    want = jax.grad(one_update, (0, 1))(x, w)
+    for a, b in zip(got, want, strict=True):
+        assert scaled_error(a, b) < 1e-12
+
+
+def test_local_learning_rules(small_problem):
+    x, w, g = small_problem
+    h = np.asarray(nmf.nmf_fixed_point(x, w, iterations=20))
+    xn, wn = np.asarray(x), np.asarray(w)
+    r = h @ wn.T
+    want = {
+        "local_kl": -np.einsum("pqs,pqi->si", xn / (r + 1e-20), h),
+        "local_mse": -np.einsum("pqs,pqi->si", 2 * (xn - r), h),
+    }
+    grad_x_approx = jax.grad(lambda x: jnp.sum(g * nmf.nmf_fixed_point(x, w)))(x)
+    for rule, expected in want.items():
+        gx, gw = jax.grad(
+            lambda x, w, rule=rule: jnp.sum(g * nmf.nmf_fixed_point(x, w, gradient=rule)), (0, 1)
+        )(x, w)
+        np.testing.assert_allclose(gw, expected, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(gx, grad_x_approx, rtol=1e-14)
+
+
+def test_unrolled_gradient_passes_check_grads(small_problem):
+    x, w, _ = small_problem
+    x = x[1:]  # positive everywhere: finite differences stay in the domain
+    f = lambda x, w: nmf.nmf_fixed_point(x, w, iterations=5, gradient="unrolled")
+    check_grads(f, (x, w), order=1, modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_unrolled_remat_equals_unrolled(small_problem):
+    x, w, g = small_problem
+
+    def grads(remat):
+        f = lambda x, w: jnp.sum(g * nmf.nmf_fixed_point(x, w, gradient="unrolled", remat=remat))
+        return jax.grad(f, (0, 1))(x, w)
+
+    for a, b in zip(grads(False), grads(True), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-18)
+
+
+def test_unrolled_differs_from_approximate(small_problem):
+    x, w, g = small_problem
+    grads = {
+        mode: jax.grad(lambda w, m=mode: jnp.sum(g * nmf.nmf_fixed_point(x, w, gradient=m)))(w)
+        for mode in ("approximate", "unrolled")
+    }
+    assert scaled_error(grads["approximate"], grads["unrolled"]) > 0.1
+
+
+@functools.partial(jax.jit, static_argnames=("iterations", "gradient"))
+def _objective_grads(x, w, g, iterations, gradient):
+    f = lambda x, w: jnp.sum(
+        g * nmf.nmf_fixed_point(x, w, iterations=iterations, gradient=gradient)
+    )
+    return jax.grad(f, (0, 1))(x, w)
+
+
+def test_implicit_gradient_matches_finite_differences_of_converged_loop():
+    """The implicit gradient is the derivative of the limit: compare with central differences of a
+    5000-iteration loop (converged to machine precision for this well-posed problem)."""
+    rng = np.random.default_rng(0)
+    w = rng.uniform(size=(10, 3))
+    w /= w.sum(0, keepdims=True)
+    h_true = rng.dirichlet(np.ones(3), size=4)
+    x = h_true @ w.T + 0.01 * rng.uniform(size=(4, 10))
+    x /= x.sum(-1, keepdims=True)
+    g = rng.normal(size=(4, 3))
+    x, w, g = (jnp.asarray(a) for a in (x, w, g))
+    h = nmf.nmf_fixed_point(x, w, iterations=5000)
+    assert float(jnp.max(jnp.abs(nmf.nmf_update(h, x, w) - h))) < 1e-14
+
+    loss = jax.jit(lambda x, w: jnp.sum(g * nmf.nmf_fixed_point(x, w, iterations=5000)))
+    eps = 1e-6
+
+    def central_differences(which):
+        base = [x, w]
+        grad = np.zeros(base[which].shape)
+        for index in np.ndindex(grad.shape):
+            step = jnp.zeros(grad.shape).at[index].set(eps)
+            plus, minus = list(base), list(base)
+            plus[which] = base[which] + step
+            minus[which] = base[which] - step
+            grad[index] = (loss(*plus) - loss(*minus)) / (2 * eps)
+        return grad
+
+    implicit = _objective_grads(x, w, g, iterations=5000, gradient="implicit")
+    for which in (0, 1):
+        assert scaled_error(implicit[which], central_differences(which)) < 1e-8
+    # After convergence the unrolled gradient agrees too, and the approximate one does not.
+    unrolled = _objective_grads(x, w, g, iterations=5000, gradient="unrolled")
+    approximate = _objective_grads(x, w, g, iterations=5000, gradient="approximate")
+    assert scaled_error(unrolled[1], implicit[1]) < 1e-8
+    assert scaled_error(approximate[1], implicit[1]) > 0.1
+
+
+def test_implicit_gradient_is_zero_for_zero_input(small_problem):
+    x, w, g = small_problem
+    gx, gw = _objective_grads(x, w, g, iterations=20, gradient="implicit")
+    np.testing.assert_array_equal(gx[0, 1], 0.0)
+    assert np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
+
+
+def test_jit_equals_eager_and_vmap_equals_loop(small_problem):
+    x, w, g = small_problem
+    eager = _objective_grads.__wrapped__(x, w, g, 20, "approximate")
+    jitted = _objective_grads(x, w, g, iterations=20, gradient="approximate")
+    for a, b in zip(eager, jitted, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-20)
+
+    ws = jnp.stack([w, w[::-1] / jnp.sum(w[::-1], 0, keepdims=True)])
+    f = lambda w: nmf.nmf_fixed_point(x, w)
+    batched = jax.vmap(f)(ws)
+    looped = jnp.stack([f(w_) for w_ in ws])
+    np.testing.assert_allclose(batched, looped, rtol=1e-13)
+    batched_grads = jax.vmap(lambda w: jax.grad(lambda w: jnp.sum(g * f(w)))(w))(ws)
+    for k in range(2):
+        np.testing.assert_allclose(
+            batched_grads[k], jax.grad(lambda w: jnp.sum(g * f(w)))(ws[k]), rtol=1e-12
+        )
+
+
+def test_no_recompilation_for_same_shapes(small_problem):
+    x, w, _ = small_problem
+    f = jax.jit(lambda x, w: nmf.nmf_fixed_point(x, w, iterations=3))
+    f(x, w)
+    f(x * 0.5, w[::-1])
+    assert f._cache_size() == 1
+    f(x[:1], w)
+    assert f._cache_size() == 2  # a new shape does compile
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_inputs_run_in_float32_without_nan(small_problem, dtype):
+    x, w, g = small_problem
+    h = nmf.nmf_fixed_point(x.astype(dtype), w.astype(dtype))
+    assert h.dtype == dtype
+    assert bool(jnp.all(jnp.isfinite(h)))
+    np.testing.assert_allclose(
+        np.asarray(h, np.float64), nmf.nmf_fixed_point(x, w), atol=2e-2, rtol=0
+    )
+    gx, gw = jax.grad(
+        lambda x, w: jnp.sum(g.astype(dtype) * nmf.nmf_fixed_point(x, w)).astype(jnp.float32),
+        (0, 1),
+    )(x.astype(dtype), w.astype(dtype))
+    assert bool(jnp.all(jnp.isfinite(gx))) and bool(jnp.all(jnp.isfinite(gw)))
+
+
+def test_shape_errors_name_both_shapes():
+    with pytest.raises(ValueError, match=r"\(2, 5\).*\(6, 4\)"):
+        nmf.nmf_fixed_point(jnp.ones((2, 5)), jnp.ones((6, 4)))
+    with pytest.raises(ValueError, match=r"\(6, 4, 1\)"):
+        nmf.nmf_fixed_point(jnp.ones((2, 6)), jnp.ones((6, 4, 1)))
+    with pytest.raises(ValueError, match="gradient must be one of"):
+        nmf.nmf_fixed_point(jnp.ones((2, 6)), jnp.ones((6, 4)), gradient="full")
+    with pytest.raises(ValueError, match="iterations"):
+        nmf.nmf_fixed_point(jnp.ones((2, 6)), jnp.ones((6, 4)), iterations=-1)
+    with pytest.raises(ValueError, match="remat"):
+        nmf.nmf_fixed_point(jnp.ones((2, 6)), jnp.ones((6, 4)), remat=True)
+    with pytest.raises(ValueError, match="floating"):
+        nmf.nmf_fixed_point(jnp.ones((2, 6), jnp.int32), jnp.ones((6, 4)))
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        nmf.normalize_weight(jnp.ones(3))
+
+
+def test_checked_mode_names_the_layer(small_problem):
+    x, w, _ = small_problem
+    f = jax.jit(lambda x, w: nmf.nmf_fixed_point(x, w, check_inputs=True, name="block2/a"))
+    checked = nmf.checked(f)
+    np.testing.assert_allclose(checked(x, w), nmf.nmf_fixed_point(x, w), rtol=1e-15)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"'block2/a'.*negative"):
+        checked(x.at[0, 0, 0].set(-0.5), w)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"'block2/a'.*non-finite"):
+        checked(x.at[1, 2, 3].set(jnp.nan), w)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"weight W has negative"):
+        checked(x, -w)
