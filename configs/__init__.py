@@ -1,0 +1,1 @@
+"""Training configurations (ml_collections), all derived from ``configs/default.py``."""

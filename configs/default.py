@@ -1,0 +1,70 @@
+"""The reference's training recipe (spec section 3); every other config derives from this one.
+
+Not meant to be run directly: use ``configs/cifar10.py``, ``configs/fashion_mnist.py`` or
+``configs/cifar100.py``.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 21  # seed k of num_seeds is seed + k (the reference's default rand_seed is 21)
+    config.num_seeds = 5  # replicas trained together (vmap over a leading seed axis)
+    config.num_epochs = 500  # upper bound; the run stops earlier when every lr < optim.stop_lr
+    config.batch_size = 50
+    config.eval_batch_size = 50  # BatchNorm uses batch statistics in evaluation too: keep 50
+    config.loss = (
+        "reference"  # "reference": (KL + 0.5 MSE)/1.5 summed over the batch; "paper": eq. 21
+    )
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "cnmf_1x1"  # cnn | cnmf | cnn_1x1 | cnmf_1x1
+    config.model.width = 1.0  # multiplies the hidden widths 32, 64, 96
+    config.model.groups = 1  # groups of blocks 2 and 3
+    config.model.iterations = 20  # NMF fixed-point iterations
+    config.model.epsilon = config_dict.placeholder(float)  # None: the paper's update
+    config.model.gradient = (
+        "approximate"  # approximate | unrolled | implicit | local_kl | local_mse
+    )
+    config.model.batch_norm = "batch"  # "batch" (reference) | "running"
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "cifar10"  # cifar10 | cifar100 | fashion_mnist
+    config.data.source = "auto"  # auto | folder | tfds | download | sample
+    config.data.data_dir = ""  # folder with the archives (source folder/auto)
+    config.data.cache_dir = "~/.cache/deepnmf_jax"  # downloads go here
+    config.data.download_url = ""  # base URL replacing the official one (mirror)
+    config.data.train_limit = 0  # use only the first N training images (0: all)
+    config.data.test_limit = 0  # use only the first N test images (0: all)
+    config.data.order = "fixed"  # "fixed": one order for every seed (reference) | "per_seed"
+    config.data.order_seed = 0  # the reference seeds its shuffler with 0
+
+    config.augment = ml_collections.ConfigDict()
+    config.augment.crop_size = 28  # random crop in training, centre crop in evaluation
+    config.augment.flip = True
+    config.augment.brightness = 0.5  # torchvision ColorJitter(0.5, 0.1, 0.1, 0.15)
+    config.augment.contrast = 0.1
+    config.augment.saturation = 0.1
+    config.augment.hue = 0.15
+    config.augment.granularity = "batch"  # "batch": one draw per batch (reference) | "sample"
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.lr_a = 0.01  # NMF / CNN a-layers (the code; the paper says 0.001)
+    config.optim.lr_b = 0.001  # 1x1 layers
+    config.optim.lr_bn = 0.001  # BatchNorm scale and bias
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.eps = 1e-8
+    config.optim.plateau_factor = 0.1  # torch ReduceLROnPlateau defaults, stepped once per epoch
+    config.optim.plateau_patience = 10  # in torch's sense: reduce on the 11th bad epoch
+    config.optim.plateau_rtol = 1e-4
+    config.optim.plateau_cooldown = 0
+    config.optim.stop_lr = 1e-9  # stop when every learning rate is below this
+
+    config.checkpoint_every_epochs = 1
+    config.log_every_steps = 10  # how often losses are fetched (NaN check, progress bar)
+    config.progress = True  # progress bars
+    config.tensorboard = True  # TensorBoard event files in workdir/tensorboard
+    return config

@@ -1,0 +1,552 @@
+"""Training and evaluation of several seeds at once: ``train_and_evaluate(config, workdir)``.
+
+Every leaf of the train state has a leading seed axis and the train and eval steps are ``jax.vmap``-ed
+over it, so ``config.num_seeds`` replicas (seeds ``config.seed + k``) train together: each with its
+own initialisation and augmentation stream, all on the same data order unless
+``config.data.order = "per_seed"``. The recipe is the reference's (spec section 3): batch 50,
+augmentation inside the jitted step, Adam per parameter group, reduce-on-plateau on the summed
+training loss once per epoch, stop when every learning rate is below ``config.optim.stop_lr`` or after
+``config.num_epochs`` epochs. The test set is evaluated after every epoch, in order, in batches of
+``config.eval_batch_size`` (BatchNorm uses batch statistics in evaluation too, by default).
+
+A run is resumable: checkpoints are written every ``config.checkpoint_every_epochs`` epochs and on
+Ctrl-C or SIGTERM (mid-epoch, with the position in the epoch); rerunning with the same ``workdir``
+continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import pathlib
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+import deepnmf_jax
+from deepnmf_jax import augment, checkpointing, input_pipeline, losses, models, optim, reporting
+
+log = logging.getLogger(__name__)
+
+DATA_ORDERS = ("fixed", "per_seed")
+
+
+class TrainingInterrupted(Exception):
+    """The run was stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid, or does not match the run being resumed."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """The state of one seed (under vmap) or of all seeds (a leading seed axis on every leaf)."""
+
+    step: jax.Array  # int32: train steps taken
+    params: Any
+    batch_stats: Any  # {} with the reference's batch-statistics BatchNorm
+    opt_state: Any  # Adam per parameter group
+    plateau_state: Any  # optax reduce_on_plateau, advanced once per epoch
+    augment_key: jax.Array  # raw uint32 key data; step k uses fold_in(key, k)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks the choices that the config's types cannot, with messages that name the bad value."""
+
+    def choose(value, allowed, name):
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+    choose(config.model.name, models.PAPER_MODELS, "config.model.name")
+    choose(config.model.gradient, deepnmf_jax.nmf.GRADIENT_MODES, "config.model.gradient")
+    choose(config.model.batch_norm, ("batch", "running"), "config.model.batch_norm")
+    choose(config.data.name, input_pipeline.DATASETS, "config.data.name")
+    choose(config.data.source, input_pipeline.SOURCES, "config.data.source")
+    choose(config.data.order, DATA_ORDERS, "config.data.order")
+    choose(config.loss, losses.LOSSES, "config.loss")
+    choose(config.augment.granularity, augment.GRANULARITIES, "config.augment.granularity")
+    for name in (
+        "num_seeds",
+        "num_epochs",
+        "batch_size",
+        "eval_batch_size",
+        "checkpoint_every_epochs",
+    ):
+        if config[name] < 1:
+            raise ConfigError(f"config.{name} must be >= 1, got {config[name]}")
+
+
+def _augment_config(config) -> augment.AugmentConfig:
+    return augment.AugmentConfig(**config.augment.to_dict())
+
+
+class Trainer:
+    """The jitted, seed-vmapped functions of one run."""
+
+    def __init__(self, config: ml_collections.ConfigDict, num_classes: int, image_shape):
+        self.config = config
+        self.model = models.build_model(
+            config.model.name,
+            width=config.model.width,
+            groups=config.model.groups,
+            num_classes=num_classes,
+            iterations=config.model.iterations,
+            epsilon=config.model.epsilon,
+            gradient=config.model.gradient,
+            batch_norm=config.model.batch_norm,
+        )
+        self.input_shape = (config.augment.crop_size, config.augment.crop_size, image_shape[-1])
+        self.augment = _augment_config(config)
+        self.tx = optim.make_optimizer(config.optim)
+        self.plateau = optim.make_plateau(config.optim)
+        self.loss_fn = losses.get_loss(config.loss)
+        self.running_bn = config.model.batch_norm == "running"
+        self.init = jax.jit(jax.vmap(self._init_one))
+        self.train_step = jax.jit(
+            jax.vmap(self._train_step_one, in_axes=(0, None, None, self._order_axis, None)),
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(jax.vmap(self._eval_step_one, in_axes=(0, None, None)))
+        self.update_plateau = jax.jit(jax.vmap(self._update_plateau_one), donate_argnums=0)
+        self.epoch_order = jax.jit(self._epoch_order, static_argnums=(2,))
+
+    @property
+    def _order_axis(self):
+        return 0 if self.config.data.order == "per_seed" else None
+
+    # --- per-seed functions (vmapped above) ------------------------------------------------------
+
+    def _init_one(self, seed_key_data):
+        init_key, augment_key = jax.random.split(jax.random.wrap_key_data(seed_key_data), 2)
+        images = jnp.zeros((2, *self.input_shape), jnp.float32)
+        variables = self.model.init(init_key, images, train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=self.tx.init(params),
+            plateau_state=self.plateau.init(params),
+            augment_key=jax.random.key_data(augment_key),
+        )
+
+    def _apply(self, params, batch_stats, images, train):
+        variables = {"params": params}
+        if not self.running_bn:
+            return self.model.apply(variables, images, train=train), batch_stats
+        variables["batch_stats"] = batch_stats
+        if not train:
+            return self.model.apply(variables, images, train=False), batch_stats
+        probs, updates = self.model.apply(variables, images, train=True, mutable=["batch_stats"])
+        return probs, updates["batch_stats"]
+
+    def _train_step_one(self, state: TrainState, images, labels, order, step_in_epoch):
+        batch_size = self.config.batch_size
+        index = jax.lax.dynamic_slice(order, (step_in_epoch * batch_size,), (batch_size,))
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.augment_key), state.step)
+        batch = augment.preprocess_for_train(images[index], key, self.augment)
+        batch_labels = labels[index]
+
+        def objective(params):
+            probs, batch_stats = self._apply(params, state.batch_stats, batch, train=True)
+            return self.loss_fn(probs, batch_labels), (probs, batch_stats)
+
+        (loss, (probs, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        scale = state.plateau_state.scale
+        updates = jax.tree_util.tree_map(lambda u: (scale * u).astype(u.dtype), updates)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
+        correct = jnp.sum(jnp.argmax(probs, -1) == batch_labels)
+        return new_state, {"loss": loss, "correct": correct}
+
+    def _eval_step_one(self, state: TrainState, images, labels):
+        batch = augment.preprocess_for_eval(images, self.config.augment.crop_size)
+        probs, _ = self._apply(state.params, state.batch_stats, batch, train=False)
+        return jnp.sum(jnp.argmax(probs, -1) == labels)
+
+    def _update_plateau_one(self, state: TrainState, epoch_loss):
+        plateau_state = optim.plateau_update(self.plateau, state.plateau_state, epoch_loss)
+        return state.replace(plateau_state=plateau_state)
+
+    def _epoch_order(self, order_keys, epoch, num_examples):
+        def one(key_data):
+            return jax.random.permutation(
+                jax.random.fold_in(jax.random.wrap_key_data(key_data), epoch), num_examples
+            )
+
+        return jax.vmap(one)(order_keys) if order_keys.ndim == 2 else one(order_keys)
+
+    # --- host-side helpers -----------------------------------------------------------------------
+
+    def seed_keys(self, seeds: list[int]) -> jax.Array:
+        return jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+
+    def order_keys(self, seeds: list[int]) -> jax.Array:
+        if self.config.data.order == "fixed":
+            return jax.random.key_data(jax.random.key(self.config.data.order_seed))
+        keys = [jax.random.fold_in(jax.random.key(s), 0x0D0E) for s in seeds]
+        return jnp.stack([jax.random.key_data(k) for k in keys])
+
+    def learning_rates(self, states: TrainState) -> dict[str, float]:
+        """Each group's current learning rate (the same for every seed until a seed's plateau)."""
+        scale = float(np.max(np.asarray(states.plateau_state.scale)))
+        return {g: lr * scale for g, lr in optim.group_learning_rates(self.config.optim).items()}
+
+    def evaluate(self, states: TrainState, split: input_pipeline.Split) -> np.ndarray:
+        """Test accuracy per seed, in order, in batches of ``eval_batch_size``."""
+        batch_size = self.config.eval_batch_size
+        correct = []
+        for start in range(0, len(split), batch_size):
+            images = jnp.asarray(split.images[start : start + batch_size])
+            labels = jnp.asarray(split.labels[start : start + batch_size])
+            correct.append(self.eval_step(states, images, labels))
+        return np.sum(np.stack([np.asarray(c) for c in correct]), 0) / len(split)
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Where the run is: completed epochs, position in the current epoch and its running sums."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    loss_sum: list[float] | None = None
+    correct: list[int] | None = None
+    best_mean_accuracy: float = -1.0
+    finished: bool = False
+    stopped_because: str | None = None
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (a second Ctrl-C interrupts at once)."""
+
+    def __init__(self):
+        self.requested = None
+
+    def _handler(self, signum, frame):
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        tqdm.write(f"{self.requested} received: saving a checkpoint and stopping ...")
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in previous:
+                signal.signal(s, self._handler)
+        except ValueError:  # not the main thread: no signal handling
+            previous = {}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+# Keys that may change between a run and its resumption (where the data comes from, how the run
+# reports, how long it goes on).
+_RESUMABLE_KEYS = {
+    "num_epochs",
+    "progress",
+    "tensorboard",
+    "log_every_steps",
+    "checkpoint_every_epochs",
+    "data.source",
+    "data.data_dir",
+    "data.cache_dir",
+    "data.download_url",
+}
+
+
+def _check_config_matches(workdir: pathlib.Path, config) -> None:
+    path = workdir / "config.json"
+    current = json.loads(config.to_json_best_effort())
+    if path.exists():
+        saved = json.loads(path.read_text())
+        saved, current_flat = _flatten(saved), _flatten(current)
+        differ = sorted(
+            k
+            for k in saved.keys() | current_flat.keys()
+            if k not in _RESUMABLE_KEYS and saved.get(k) != current_flat.get(k)
+        )
+        if differ:
+            raise ConfigError(
+                f"{workdir} holds a run with a different configuration (keys {differ}); resume "
+                "with the same configuration or use another --workdir"
+            )
+    path.write_text(json.dumps(current, indent=2, sort_keys=True))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _load_data(config) -> input_pipeline.Dataset:
+    data = input_pipeline.load_dataset(
+        config.data.name,
+        source=config.data.source,
+        data_dir=config.data.data_dir or None,
+        cache_dir=config.data.cache_dir,
+        download_url=config.data.download_url or None,
+        progress=config.progress,
+    )
+    return dataclasses.replace(
+        data,
+        train=data.train.take(config.data.train_limit),
+        test=data.test.take(config.data.test_limit),
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+    """Trains ``config.num_seeds`` seeds of ``config.model.name`` and returns the results dict.
+
+    Writes to ``workdir``: ``config.json``, ``metrics.jsonl`` (one line per epoch),
+    ``tensorboard/``, ``checkpoints/`` and ``best/``, and at the end ``results.json`` and
+    ``learning_curves.png``. Rerunning with the same ``workdir`` resumes.
+
+    Raises:
+      TrainingInterrupted: Ctrl-C or SIGTERM; a checkpoint was saved first.
+      NonFiniteLossError: the loss became NaN or inf (the message names the epoch and step).
+    """
+    validate_config(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_config_matches(workdir, config)
+    data = _load_data(config)
+    steps_per_epoch = len(data.train) // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"{len(data.train)} training images are fewer than one batch of {config.batch_size}"
+        )
+    log.info(
+        "%s: %d train / %d test images from %s; %d steps per epoch; devices %s",
+        data.name,
+        len(data.train),
+        len(data.test),
+        data.source,
+        steps_per_epoch,
+        jax.devices(),
+    )
+
+    trainer = Trainer(config, data.num_classes, data.train.images.shape[1:])
+    seeds = [config.seed + k for k in range(config.num_seeds)]
+    states = trainer.init(trainer.seed_keys(seeds))
+    log.info(
+        "model %s: %d parameters per seed",
+        config.model.name,
+        models.count_params(states.params) // len(seeds),
+    )
+    checkpoints = checkpointing.Checkpoints(workdir)
+    progress = _Progress(loss_sum=[0.0] * len(seeds), correct=[0] * len(seeds))
+    restored = checkpoints.restore_latest(checkpointing.abstract_like(states))
+    if restored is not None:
+        states, meta = restored
+        progress = _Progress(**meta["progress"])
+        reporting.truncate_history(workdir, progress.epoch)
+        log.info(
+            "resumed from epoch %d, step %d of the next epoch",
+            progress.epoch,
+            progress.step_in_epoch,
+        )
+
+    writer = reporting.MetricsWriter(workdir, tensorboard=config.tensorboard)
+    train_images = jnp.asarray(data.train.images)
+    train_labels = jnp.asarray(data.train.labels)
+    order_keys = trainer.order_keys(seeds)
+    stop = _StopRequest()
+    try:
+        with stop.installed():
+            while not progress.finished and progress.epoch < config.num_epochs:
+                epoch = progress.epoch + 1
+                learning_rates = trainer.learning_rates(states)
+                order = trainer.epoch_order(order_keys, epoch, len(data.train))
+                start_time = time.perf_counter()
+                first_step = progress.step_in_epoch
+                loss_sum = np.asarray(progress.loss_sum, np.float64)
+                correct = np.asarray(progress.correct, np.int64)
+                pending = []
+                bar = tqdm(
+                    total=steps_per_epoch,
+                    initial=first_step,
+                    desc=f"epoch {epoch}/{config.num_epochs}",
+                    unit="step",
+                    disable=not config.progress,
+                    leave=False,
+                    dynamic_ncols=True,
+                )
+                with bar:
+                    for step in range(first_step, steps_per_epoch):
+                        states, metrics = trainer.train_step(
+                            states, train_images, train_labels, order, step
+                        )
+                        pending.append(metrics)
+                        if (
+                            len(pending) == config.log_every_steps
+                            or step == steps_per_epoch - 1
+                            or stop.requested
+                        ):
+                            losses_now = np.stack(
+                                [np.asarray(m["loss"], np.float64) for m in pending]
+                            )
+                            _check_finite(losses_now, epoch, step + 1 - len(pending), seeds)
+                            loss_sum += losses_now.sum(0)
+                            correct += np.stack([np.asarray(m["correct"]) for m in pending]).sum(0)
+                            bar.update(len(pending))
+                            elapsed = time.perf_counter() - start_time
+                            images_seen = (step + 1 - first_step) * config.batch_size * len(seeds)
+                            bar.set_postfix(
+                                img_s=f"{images_seen / elapsed:.0f}",
+                                loss=f"{loss_sum.mean() / ((step + 1) * config.batch_size):.4f}",
+                            )
+                            pending = []
+                        if stop.requested and step + 1 < steps_per_epoch:
+                            progress = dataclasses.replace(
+                                progress,
+                                step_in_epoch=step + 1,
+                                loss_sum=loss_sum.tolist(),
+                                correct=correct.tolist(),
+                            )
+                            _save(checkpoints, states, progress, epoch - 1, steps_per_epoch)
+                            checkpoints.wait()
+                            raise TrainingInterrupted(
+                                f"stopped by {stop.requested} at epoch {epoch}, step {step + 1}/{steps_per_epoch}; "
+                                f"checkpoint saved in {workdir}: rerun the same command to resume"
+                            )
+
+                train_time = time.perf_counter() - start_time
+                test_accuracy = trainer.evaluate(states, data.test)
+                states = trainer.update_plateau(states, jnp.asarray(loss_sum, jnp.float32))
+                epoch_time = time.perf_counter() - start_time
+                num_train = steps_per_epoch * config.batch_size
+                record = {
+                    "epoch": epoch,
+                    "train_loss": (loss_sum / num_train).tolist(),
+                    "train_loss_sum": loss_sum.tolist(),
+                    "train_accuracy": (correct / num_train).tolist(),
+                    "test_accuracy": test_accuracy.tolist(),
+                    "learning_rates": learning_rates,
+                    "epoch_time_s": epoch_time,
+                    "train_images_per_s": (steps_per_epoch - first_step)
+                    * config.batch_size
+                    * len(seeds)
+                    / train_time,
+                }
+                writer.write(record)
+                mean_accuracy = float(np.mean(test_accuracy))
+                is_best = mean_accuracy > progress.best_mean_accuracy
+                next_rates = trainer.learning_rates(states)
+                stopped_because = None
+                if max(next_rates.values()) < config.optim.stop_lr:
+                    stopped_because = f"every learning rate below {config.optim.stop_lr:g}"
+                elif epoch == config.num_epochs:
+                    stopped_because = f"num_epochs = {config.num_epochs} reached"
+                progress = _Progress(
+                    epoch=epoch,
+                    loss_sum=[0.0] * len(seeds),
+                    correct=[0] * len(seeds),
+                    best_mean_accuracy=max(mean_accuracy, progress.best_mean_accuracy),
+                    finished=stopped_because is not None and stopped_because.startswith("every"),
+                    stopped_because=stopped_because,
+                )
+                log.info(
+                    "epoch %d: train loss %.4f, train acc %.2f %%, test acc %.2f +/- %.2f %% over %d seeds, "
+                    "lr %s, %.1f s",
+                    epoch,
+                    float(np.mean(record["train_loss"])),
+                    100 * float(np.mean(record["train_accuracy"])),
+                    100 * mean_accuracy,
+                    100 * reporting.mean_std(test_accuracy)["std"],
+                    len(seeds),
+                    ", ".join(f"{g} {lr:.3g}" for g, lr in learning_rates.items()),
+                    epoch_time,
+                )
+                if (
+                    epoch % config.checkpoint_every_epochs == 0
+                    or stopped_because
+                    or stop.requested
+                    or is_best
+                ):
+                    _save(checkpoints, states, progress, epoch, steps_per_epoch, best=is_best)
+                if stop.requested:
+                    checkpoints.wait()
+                    raise TrainingInterrupted(
+                        f"stopped by {stop.requested} after epoch {epoch}; checkpoint saved in {workdir}: "
+                        "rerun the same command to resume"
+                    )
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
+
+    return _finish(config, workdir, data, seeds, progress)
+
+
+def _check_finite(losses_now: np.ndarray, epoch: int, first_step: int, seeds: list[int]) -> None:
+    bad = np.argwhere(~np.isfinite(losses_now))
+    if bad.size:
+        row, column = bad[0]
+        raise NonFiniteLossError(
+            f"training loss is {losses_now[row, column]} at epoch {epoch}, step {first_step + row + 1} "
+            f"(seed {seeds[column]}); stopping. Rerunning resumes from the last checkpoint."
+        )
+
+
+def _save(checkpoints, states, progress: _Progress, epoch: int, steps_per_epoch: int, best=False):
+    step = epoch * steps_per_epoch + progress.step_in_epoch
+    meta = {"progress": dataclasses.asdict(progress), "version": deepnmf_jax.__version__}
+    checkpoints.save(step, states, meta, best=best)
+
+
+def _finish(config, workdir: pathlib.Path, data, seeds, progress: _Progress) -> dict:
+    history = reporting.read_history(workdir)
+    if not history:
+        raise RuntimeError(f"{workdir} has no metrics to report")
+    results = {
+        "model": config.model.name,
+        "config": json.loads(config.to_json_best_effort()),
+        "version": deepnmf_jax.__version__,
+        "git_commit": reporting.git_commit(pathlib.Path(__file__).resolve().parent),
+        "dataset": {
+            "name": data.name,
+            "source": data.source,
+            "train_size": len(data.train),
+            "test_size": len(data.test),
+        },
+        "epochs_completed": progress.epoch,
+        "stopped_because": progress.stopped_because or "unknown",
+        **reporting.summarize(history, seeds),
+    }
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    reporting.plot_learning_curves(
+        history, workdir / "learning_curves.png", title=f"{config.model.name} on {data.name}"
+    )
+    log.info("%s", reporting.format_summary(results))
+    return results
