@@ -37,8 +37,16 @@ def _reconstruct(*args):
     return multiarray._reconstruct(*args)
 
 
+def _encode_bytes(text: str, encoding: str = "latin1") -> bytes:
+    # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1").
+    if encoding not in ("latin1", "latin-1"):
+        raise UnsafeArchiveError(f"unexpected text encoding {encoding!r} in a dataset pickle")
+    return text.encode("latin1")
+
+
 # (module, name) -> object: everything a CIFAR pickle (Python 2 or 3, NumPy 1 or 2) refers to.
 _ALLOWED_GLOBALS = {
+    ("_codecs", "encode"): _encode_bytes,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,

@@ -49,10 +49,15 @@ class Checkpoints:
         return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
     def save(self, step: int, state, meta: dict, best: bool = False) -> None:
-        """Saves ``state`` and ``meta`` under ``step`` (and as the best, if ``best``)."""
-        self.latest.save(step, args=self._args(state, meta), force=True)
-        if best:
-            self.best.save(step, args=self._args(state, meta), force=True)
+        """Saves ``state`` and ``meta`` under ``step`` (and as the best, if ``best``).
+
+        A checkpoint already at ``step`` (an unreadable one that a resume fell back from) is replaced.
+        """
+        managers = [self.latest, self.best] if best else [self.latest]
+        for manager in managers:
+            if step in manager.all_steps():
+                manager.delete(step)
+            manager.save(step, args=self._args(state, meta), force=True)
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

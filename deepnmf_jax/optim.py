@@ -19,6 +19,7 @@ optax had to be bridged:
 
 from __future__ import annotations
 
+import jax
 import optax
 from flax import traverse_util
 
@@ -45,6 +46,21 @@ def group_learning_rates(optim_config) -> dict[str, float]:
     return {"a": optim_config.lr_a, "b": optim_config.lr_b, "bn": optim_config.lr_bn}
 
 
+def _standard_promotion(tx):
+    """Runs optax under JAX's standard dtype promotion (it mixes int32 counts with float powers),
+    so the optimiser also works where a user (or our test suite) enables strict promotion."""
+
+    def init(params):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.init(params)
+
+    def update(updates, state, params=None, **extra_args):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
 def make_optimizer(optim_config) -> optax.GradientTransformation:
     """Adam per parameter group, at the groups' base learning rates (before the plateau scale)."""
 
@@ -52,12 +68,12 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
         return optax.adam(learning_rate, optim_config.b1, optim_config.b2, optim_config.eps)
 
     transforms = {name: adam(lr) for name, lr in group_learning_rates(optim_config).items()}
-    return optax.partition(transforms, param_group_labels)
+    return _standard_promotion(optax.partition(transforms, param_group_labels))
 
 
 def make_plateau(optim_config) -> optax.GradientTransformationExtraArgs:
     """torch's ReduceLROnPlateau (mode min, relative threshold) as optax's, stepped once per epoch."""
-    return optax.contrib.reduce_on_plateau(
+    plateau = optax.contrib.reduce_on_plateau(
         factor=optim_config.plateau_factor,
         patience=optim_config.plateau_patience + 1,  # torch: reduce when num_bad > patience
         rtol=optim_config.plateau_rtol,
@@ -65,6 +81,7 @@ def make_plateau(optim_config) -> optax.GradientTransformationExtraArgs:
         cooldown=optim_config.plateau_cooldown,
         accumulation_size=1,
     )
+    return _standard_promotion(plateau)
 
 
 def plateau_update(plateau, plateau_state, epoch_loss):

@@ -178,13 +178,13 @@ class Trainer:
             batch_stats=batch_stats,
             opt_state=opt_state,
         )
-        correct = jnp.sum(jnp.argmax(probs, -1) == batch_labels)
+        correct = jnp.sum(jnp.argmax(probs, -1).astype(batch_labels.dtype) == batch_labels)
         return new_state, {"loss": loss, "correct": correct}
 
     def _eval_step_one(self, state: TrainState, images, labels):
         batch = augment.preprocess_for_eval(images, self.config.augment.crop_size)
         probs, _ = self._apply(state.params, state.batch_stats, batch, train=False)
-        return jnp.sum(jnp.argmax(probs, -1) == labels)
+        return jnp.sum(jnp.argmax(probs, -1).astype(labels.dtype) == labels)
 
     def _update_plateau_one(self, state: TrainState, epoch_loss):
         plateau_state = optim.plateau_update(self.plateau, state.plateau_state, epoch_loss)
@@ -335,178 +335,201 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     Raises:
       TrainingInterrupted: Ctrl-C or SIGTERM; a checkpoint was saved first.
       NonFiniteLossError: the loss became NaN or inf (the message names the epoch and step).
+      ConfigError: an invalid config, or one that differs from the run in ``workdir``.
     """
     validate_config(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_config_matches(workdir, config)
     data = _load_data(config)
-    steps_per_epoch = len(data.train) // config.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"{len(data.train)} training images are fewer than one batch of {config.batch_size}"
-        )
-    log.info(
-        "%s: %d train / %d test images from %s; %d steps per epoch; devices %s",
-        data.name,
-        len(data.train),
-        len(data.test),
-        data.source,
-        steps_per_epoch,
-        jax.devices(),
-    )
-
-    trainer = Trainer(config, data.num_classes, data.train.images.shape[1:])
-    seeds = [config.seed + k for k in range(config.num_seeds)]
-    states = trainer.init(trainer.seed_keys(seeds))
-    log.info(
-        "model %s: %d parameters per seed",
-        config.model.name,
-        models.count_params(states.params) // len(seeds),
-    )
-    checkpoints = checkpointing.Checkpoints(workdir)
-    progress = _Progress(loss_sum=[0.0] * len(seeds), correct=[0] * len(seeds))
-    restored = checkpoints.restore_latest(checkpointing.abstract_like(states))
-    if restored is not None:
-        states, meta = restored
-        progress = _Progress(**meta["progress"])
-        reporting.truncate_history(workdir, progress.epoch)
-        log.info(
-            "resumed from epoch %d, step %d of the next epoch",
-            progress.epoch,
-            progress.step_in_epoch,
-        )
-
-    writer = reporting.MetricsWriter(workdir, tensorboard=config.tensorboard)
-    train_images = jnp.asarray(data.train.images)
-    train_labels = jnp.asarray(data.train.labels)
-    order_keys = trainer.order_keys(seeds)
-    stop = _StopRequest()
+    run = _Run(config, workdir, data)
     try:
-        with stop.installed():
-            while not progress.finished and progress.epoch < config.num_epochs:
-                epoch = progress.epoch + 1
-                learning_rates = trainer.learning_rates(states)
-                order = trainer.epoch_order(order_keys, epoch, len(data.train))
-                start_time = time.perf_counter()
-                first_step = progress.step_in_epoch
-                loss_sum = np.asarray(progress.loss_sum, np.float64)
-                correct = np.asarray(progress.correct, np.int64)
-                pending = []
-                bar = tqdm(
-                    total=steps_per_epoch,
-                    initial=first_step,
-                    desc=f"epoch {epoch}/{config.num_epochs}",
-                    unit="step",
-                    disable=not config.progress,
-                    leave=False,
-                    dynamic_ncols=True,
-                )
-                with bar:
-                    for step in range(first_step, steps_per_epoch):
-                        states, metrics = trainer.train_step(
-                            states, train_images, train_labels, order, step
-                        )
-                        pending.append(metrics)
-                        if (
-                            len(pending) == config.log_every_steps
-                            or step == steps_per_epoch - 1
-                            or stop.requested
-                        ):
-                            losses_now = np.stack(
-                                [np.asarray(m["loss"], np.float64) for m in pending]
-                            )
-                            _check_finite(losses_now, epoch, step + 1 - len(pending), seeds)
-                            loss_sum += losses_now.sum(0)
-                            correct += np.stack([np.asarray(m["correct"]) for m in pending]).sum(0)
-                            bar.update(len(pending))
-                            elapsed = time.perf_counter() - start_time
-                            images_seen = (step + 1 - first_step) * config.batch_size * len(seeds)
-                            bar.set_postfix(
-                                img_s=f"{images_seen / elapsed:.0f}",
-                                loss=f"{loss_sum.mean() / ((step + 1) * config.batch_size):.4f}",
-                            )
-                            pending = []
-                        if stop.requested and step + 1 < steps_per_epoch:
-                            progress = dataclasses.replace(
-                                progress,
-                                step_in_epoch=step + 1,
-                                loss_sum=loss_sum.tolist(),
-                                correct=correct.tolist(),
-                            )
-                            _save(checkpoints, states, progress, epoch - 1, steps_per_epoch)
-                            checkpoints.wait()
-                            raise TrainingInterrupted(
-                                f"stopped by {stop.requested} at epoch {epoch}, step {step + 1}/{steps_per_epoch}; "
-                                f"checkpoint saved in {workdir}: rerun the same command to resume"
-                            )
+        with run.stop.installed():
+            while not run.progress.finished and run.progress.epoch < config.num_epochs:
+                run.train_epoch()
+                run.end_epoch()
+    finally:
+        run.close()
+    return _finish(config, workdir, data, run.seeds, run.progress)
 
-                train_time = time.perf_counter() - start_time
-                test_accuracy = trainer.evaluate(states, data.test)
-                states = trainer.update_plateau(states, jnp.asarray(loss_sum, jnp.float32))
-                epoch_time = time.perf_counter() - start_time
-                num_train = steps_per_epoch * config.batch_size
-                record = {
-                    "epoch": epoch,
-                    "train_loss": (loss_sum / num_train).tolist(),
-                    "train_loss_sum": loss_sum.tolist(),
-                    "train_accuracy": (correct / num_train).tolist(),
-                    "test_accuracy": test_accuracy.tolist(),
-                    "learning_rates": learning_rates,
-                    "epoch_time_s": epoch_time,
-                    "train_images_per_s": (steps_per_epoch - first_step)
-                    * config.batch_size
-                    * len(seeds)
-                    / train_time,
-                }
-                writer.write(record)
-                mean_accuracy = float(np.mean(test_accuracy))
-                is_best = mean_accuracy > progress.best_mean_accuracy
-                next_rates = trainer.learning_rates(states)
-                stopped_because = None
-                if max(next_rates.values()) < config.optim.stop_lr:
-                    stopped_because = f"every learning rate below {config.optim.stop_lr:g}"
-                elif epoch == config.num_epochs:
-                    stopped_because = f"num_epochs = {config.num_epochs} reached"
-                progress = _Progress(
-                    epoch=epoch,
-                    loss_sum=[0.0] * len(seeds),
-                    correct=[0] * len(seeds),
-                    best_mean_accuracy=max(mean_accuracy, progress.best_mean_accuracy),
-                    finished=stopped_because is not None and stopped_because.startswith("every"),
-                    stopped_because=stopped_because,
+
+class _Run:
+    """One training run's mutable state: the seed-stacked train state and where the run is."""
+
+    def __init__(self, config, workdir: pathlib.Path, data: input_pipeline.Dataset):
+        self.config, self.workdir, self.data = config, workdir, data
+        self.steps_per_epoch = len(data.train) // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"{len(data.train)} training images are fewer than one batch of {config.batch_size}"
+            )
+        log.info(
+            "%s: %d train / %d test images from %s; %d steps per epoch; devices %s",
+            data.name,
+            len(data.train),
+            len(data.test),
+            data.source,
+            self.steps_per_epoch,
+            jax.devices(),
+        )
+        self.trainer = Trainer(config, data.num_classes, data.train.images.shape[1:])
+        self.seeds = [config.seed + k for k in range(config.num_seeds)]
+        self.states = self.trainer.init(self.trainer.seed_keys(self.seeds))
+        log.info(
+            "model %s: %d parameters per seed",
+            config.model.name,
+            models.count_params(self.states.params) // len(self.seeds),
+        )
+        self.checkpoints = checkpointing.Checkpoints(workdir)
+        self.progress = _Progress(loss_sum=[0.0] * len(self.seeds), correct=[0] * len(self.seeds))
+        restored = self.checkpoints.restore_latest(checkpointing.abstract_like(self.states))
+        if restored is not None:
+            self.states, meta = restored
+            self.progress = _Progress(**meta["progress"])
+            log.info(
+                "resumed from epoch %d, step %d of the next epoch",
+                self.progress.epoch,
+                self.progress.step_in_epoch,
+            )
+        reporting.truncate_history(
+            workdir, self.progress.epoch
+        )  # epochs logged after the checkpoint
+        self.writer = reporting.MetricsWriter(workdir, tensorboard=config.tensorboard)
+        self.train_images = jnp.asarray(data.train.images)
+        self.train_labels = jnp.asarray(data.train.labels)
+        self.order_keys = self.trainer.order_keys(self.seeds)
+        self.stop = _StopRequest()
+
+    def train_epoch(self) -> None:
+        """Runs the remaining steps of the next epoch; on a stop request saves and raises."""
+        config, progress = self.config, self.progress
+        epoch, first_step = progress.epoch + 1, progress.step_in_epoch
+        self.learning_rates = self.trainer.learning_rates(self.states)
+        order = self.trainer.epoch_order(self.order_keys, epoch, len(self.data.train))
+        self.start_time = time.perf_counter()
+        self.loss_sum = np.asarray(progress.loss_sum, np.float64)
+        self.correct = np.asarray(progress.correct, np.int64)
+        pending = []
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=first_step,
+            desc=f"epoch {epoch}/{config.num_epochs}",
+            unit="step",
+            disable=not config.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        with bar:
+            for step in range(first_step, self.steps_per_epoch):
+                self.states, metrics = self.trainer.train_step(
+                    self.states, self.train_images, self.train_labels, order, step
                 )
-                log.info(
-                    "epoch %d: train loss %.4f, train acc %.2f %%, test acc %.2f +/- %.2f %% over %d seeds, "
-                    "lr %s, %.1f s",
-                    epoch,
-                    float(np.mean(record["train_loss"])),
-                    100 * float(np.mean(record["train_accuracy"])),
-                    100 * mean_accuracy,
-                    100 * reporting.mean_std(test_accuracy)["std"],
-                    len(seeds),
-                    ", ".join(f"{g} {lr:.3g}" for g, lr in learning_rates.items()),
-                    epoch_time,
-                )
-                if (
-                    epoch % config.checkpoint_every_epochs == 0
-                    or stopped_because
-                    or stop.requested
-                    or is_best
-                ):
-                    _save(checkpoints, states, progress, epoch, steps_per_epoch, best=is_best)
-                if stop.requested:
-                    checkpoints.wait()
+                pending.append(metrics)
+                last = step == self.steps_per_epoch - 1
+                if len(pending) == config.log_every_steps or last or self.stop.requested:
+                    self._collect(pending, epoch, step + 1 - len(pending))
+                    bar.update(len(pending))
+                    images = (step + 1 - first_step) * config.batch_size * len(self.seeds)
+                    bar.set_postfix(
+                        img_s=f"{images / (time.perf_counter() - self.start_time):.0f}",
+                        loss=f"{self.loss_sum.mean() / ((step + 1) * config.batch_size):.4f}",
+                    )
+                    pending = []
+                if self.stop.requested and not last:
+                    self.progress = dataclasses.replace(
+                        progress,
+                        step_in_epoch=step + 1,
+                        loss_sum=self.loss_sum.tolist(),
+                        correct=self.correct.tolist(),
+                    )
+                    self._save(epoch - 1)
                     raise TrainingInterrupted(
-                        f"stopped by {stop.requested} after epoch {epoch}; checkpoint saved in {workdir}: "
+                        f"stopped by {self.stop.requested} at epoch {epoch}, step "
+                        f"{step + 1}/{self.steps_per_epoch}; checkpoint saved in {self.workdir}: "
                         "rerun the same command to resume"
                     )
-    finally:
-        checkpoints.wait()
-        checkpoints.close()
-        writer.close()
+        self.train_images_per_s = (
+            (self.steps_per_epoch - first_step)
+            * config.batch_size
+            * len(self.seeds)
+            / (time.perf_counter() - self.start_time)
+        )
 
-    return _finish(config, workdir, data, seeds, progress)
+    def _collect(self, pending, epoch, first_step) -> None:
+        losses_now = np.stack([np.asarray(m["loss"], np.float64) for m in pending])
+        _check_finite(losses_now, epoch, first_step, self.seeds)
+        self.loss_sum += losses_now.sum(0)
+        self.correct += np.stack([np.asarray(m["correct"]) for m in pending]).sum(0)
+
+    def end_epoch(self) -> None:
+        """Evaluates, advances the schedule, decides whether to stop, saves, logs."""
+        config, seeds = self.config, self.seeds
+        epoch = self.progress.epoch + 1
+        test_accuracy = self.trainer.evaluate(self.states, self.data.test)
+        self.states = self.trainer.update_plateau(
+            self.states, jnp.asarray(self.loss_sum, jnp.float32)
+        )
+        num_train = self.steps_per_epoch * config.batch_size
+        record = {
+            "epoch": epoch,
+            "train_loss": (self.loss_sum / num_train).tolist(),
+            "train_loss_sum": self.loss_sum.tolist(),
+            "train_accuracy": (self.correct / num_train).tolist(),
+            "test_accuracy": test_accuracy.tolist(),
+            "learning_rates": self.learning_rates,
+            "epoch_time_s": time.perf_counter() - self.start_time,
+            "train_images_per_s": self.train_images_per_s,
+        }
+        mean_accuracy = float(np.mean(test_accuracy))
+        is_best = mean_accuracy > self.progress.best_mean_accuracy
+        stopped_because = None
+        if max(self.trainer.learning_rates(self.states).values()) < config.optim.stop_lr:
+            stopped_because = f"every learning rate below {config.optim.stop_lr:g}"
+        elif epoch == config.num_epochs:
+            stopped_because = f"num_epochs = {config.num_epochs} reached"
+        self.progress = _Progress(
+            epoch=epoch,
+            loss_sum=[0.0] * len(seeds),
+            correct=[0] * len(seeds),
+            best_mean_accuracy=max(mean_accuracy, self.progress.best_mean_accuracy),
+            finished=stopped_because is not None and stopped_because.startswith("every"),
+            stopped_because=stopped_because,
+        )
+        if (
+            epoch % config.checkpoint_every_epochs == 0
+            or stopped_because
+            or self.stop.requested
+            or is_best
+        ):
+            self._save(epoch, best=is_best)
+        self.writer.write(record)  # after the save: a logged epoch is always a resumable one
+        log.info(
+            "epoch %d: train loss %.4f, train acc %.2f %%, test acc %.2f +/- %.2f %% over %d "
+            "seeds, lr %s, %.1f s",
+            epoch,
+            float(np.mean(record["train_loss"])),
+            100 * float(np.mean(record["train_accuracy"])),
+            100 * mean_accuracy,
+            100 * reporting.mean_std(test_accuracy)["std"],
+            len(seeds),
+            ", ".join(f"{g} {lr:.3g}" for g, lr in self.learning_rates.items()),
+            record["epoch_time_s"],
+        )
+        if self.stop.requested:
+            raise TrainingInterrupted(
+                f"stopped by {self.stop.requested} after epoch {epoch}; checkpoint saved in "
+                f"{self.workdir}: rerun the same command to resume"
+            )
+
+    def _save(self, epoch: int, best: bool = False) -> None:
+        step = epoch * self.steps_per_epoch + self.progress.step_in_epoch
+        meta = {"progress": dataclasses.asdict(self.progress), "version": deepnmf_jax.__version__}
+        self.checkpoints.save(step, self.states, meta, best=best)
+
+    def close(self) -> None:
+        self.checkpoints.wait()
+        self.checkpoints.close()
+        self.writer.close()
 
 
 def _check_finite(losses_now: np.ndarray, epoch: int, first_step: int, seeds: list[int]) -> None:
@@ -517,12 +540,6 @@ def _check_finite(losses_now: np.ndarray, epoch: int, first_step: int, seeds: li
             f"training loss is {losses_now[row, column]} at epoch {epoch}, step {first_step + row + 1} "
             f"(seed {seeds[column]}); stopping. Rerunning resumes from the last checkpoint."
         )
-
-
-def _save(checkpoints, states, progress: _Progress, epoch: int, steps_per_epoch: int, best=False):
-    step = epoch * steps_per_epoch + progress.step_in_epoch
-    meta = {"progress": dataclasses.asdict(progress), "version": deepnmf_jax.__version__}
-    checkpoints.save(step, states, meta, best=best)
 
 
 def _finish(config, workdir: pathlib.Path, data, seeds, progress: _Progress) -> dict:

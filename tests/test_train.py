@@ -1,0 +1,295 @@
+"""Training end to end (deepnmf_jax.train_lib and train.py) on tiny data: outputs, seeds, resume, errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import cifar10, cifar100, default, fashion_mnist
+from deepnmf_jax import checkpointing, losses, train_lib
+from tests.test_input_pipeline import _idx
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+TINY = {
+    "num_seeds": 1,
+    "num_epochs": 1,
+    "batch_size": 10,
+    "eval_batch_size": 25,
+    "model.width": 0.125,
+    "model.iterations": 2,
+    "data.train_limit": 60,
+    "data.test_limit": 50,
+    "progress": False,
+}
+
+
+def tiny_config(**overrides):
+    config = cifar10.get_config("sample")
+    for key, value in {**TINY, **overrides}.items():
+        section, _, leaf = key.rpartition(".")
+        (config[section] if section else config)[leaf] = value
+    return config
+
+
+def final_state(workdir):
+    """The newest checkpoint's state as a tree of numpy arrays."""
+    manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints")
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return restored["state"]
+
+
+def assert_trees_equal(a, b):
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name", ["cnn", "cnmf", "cnn_1x1", "cnmf_1x1"])
+def test_smoke_every_model(tmp_path, name):
+    results = train_lib.train_and_evaluate(tiny_config(**{"model.name": name}), tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["model"] == name and saved["epochs_completed"] == 1
+    assert saved["version"] and saved["config"]["model"]["name"] == name
+    accuracy = saved["per_seed"][0]["final_test_accuracy"]
+    assert 0 <= accuracy <= 1 and saved["final_test_accuracy"]["mean"] == accuracy
+    assert results["per_seed"] == saved["per_seed"]
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(record["train_loss"][0]) and record["learning_rates"]["a"] == 0.01
+    assert (tmp_path / "learning_curves.png").stat().st_size > 10_000
+    assert any((tmp_path / "tensorboard").iterdir())
+    assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "best").is_dir()
+
+
+def test_two_seeds_equal_two_single_seed_runs(tmp_path):
+    overrides = {"model.name": "cnmf", "num_epochs": 1, "tensorboard": False}
+    train_lib.train_and_evaluate(tiny_config(num_seeds=2, **overrides), tmp_path / "both")
+    train_lib.train_and_evaluate(tiny_config(seed=21, **overrides), tmp_path / "first")
+    train_lib.train_and_evaluate(tiny_config(seed=22, **overrides), tmp_path / "second")
+    both = final_state(tmp_path / "both")
+    for index, single in enumerate(("first", "second")):
+        one = final_state(tmp_path / single)
+        for x, y in zip(
+            jax.tree_util.tree_leaves(both), jax.tree_util.tree_leaves(one), strict=True
+        ):
+            # A seed axis of 2 or 1 can change XLA's summation order, so results agree to float32
+            # rounding (which Adam's g / sqrt(v) amplifies in tiny entries), not bit for bit.
+            x, y = np.asarray(x)[index], np.asarray(y)[0]
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-4 * np.max(np.abs(y)))
+    history = [
+        json.loads(line) for line in (tmp_path / "both" / "metrics.jsonl").read_text().splitlines()
+    ]
+    singles = [
+        json.loads((tmp_path / s / "metrics.jsonl").read_text().splitlines()[0])
+        for s in ("first", "second")
+    ]
+    np.testing.assert_allclose(
+        history[0]["train_loss"], [s["train_loss"][0] for s in singles], rtol=1e-5
+    )
+
+
+def test_data_order_fixed_or_per_seed():
+    for order, shared in (("fixed", True), ("per_seed", False)):
+        config = tiny_config(num_seeds=2, **{"data.order": order})
+        trainer = train_lib.Trainer(config, 10, (32, 32, 3))
+        keys = trainer.order_keys([21, 22])
+        orders = np.asarray(trainer.epoch_order(keys, 1, 60))
+        if shared:
+            assert orders.shape == (60,)
+        else:
+            assert orders.shape == (2, 60) and not np.array_equal(orders[0], orders[1])
+        assert not np.array_equal(np.asarray(trainer.epoch_order(keys, 2, 60)), orders)
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(tmp_path):
+    overrides = {"model.name": "cnmf", "tensorboard": False}
+    train_lib.train_and_evaluate(tiny_config(num_epochs=3, **overrides), tmp_path / "straight")
+    train_lib.train_and_evaluate(tiny_config(num_epochs=2, **overrides), tmp_path / "resumed")
+    latest = max((tmp_path / "resumed" / "checkpoints").iterdir(), key=lambda p: int(p.name))
+    for file in (latest / "state").rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"garbage")
+    with pytest.warns(checkpointing.CheckpointWarning, match="could not be read"):
+        train_lib.train_and_evaluate(tiny_config(num_epochs=3, **overrides), tmp_path / "resumed")
+    assert_trees_equal(final_state(tmp_path / "straight"), final_state(tmp_path / "resumed"))
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert epochs == [1, 2, 3]
+
+
+def test_running_batch_norm_keeps_statistics(tmp_path):
+    train_lib.train_and_evaluate(
+        tiny_config(**{"model.batch_norm": "running", "tensorboard": False}), tmp_path
+    )
+    stats = final_state(tmp_path)["batch_stats"]["block1"]["a_bn"]
+    assert stats["mean"].shape == (1, 4) and np.any(np.asarray(stats["mean"]) != 0)
+
+
+def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path, monkeypatch):
+    monkeypatch.setitem(
+        losses.LOSSES, "nan", lambda probs, labels: losses.reference_loss(probs, labels) * jnp.nan
+    )
+    with pytest.raises(train_lib.NonFiniteLossError, match=r"nan at epoch 1, step 1 \(seed 21\)"):
+        train_lib.train_and_evaluate(tiny_config(loss="nan", tensorboard=False), tmp_path)
+
+
+def test_fashion_mnist_config_on_generated_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        (tmp_path / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
+            _idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 2051)
+        )
+        (tmp_path / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(
+            _idx(rng.integers(0, 10, n, dtype=np.uint8), 2049)
+        )
+    config = fashion_mnist.get_config()
+    for key, value in {
+        **TINY,
+        "data.source": "folder",
+        "data.data_dir": str(tmp_path),
+        "model.name": "cnn",
+    }.items():
+        section, _, leaf = key.rpartition(".")
+        (config[section] if section else config)[leaf] = value
+    config.tensorboard = False
+    results = train_lib.train_and_evaluate(config, tmp_path / "run")
+    assert results["dataset"]["train_size"] == 40 and results["dataset"]["name"] == "fashion_mnist"
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(train_lib.ConfigError, match=r"config\.model\.name must be one of"):
+        train_lib.validate_config(tiny_config(**{"model.name": "resnet"}))
+    with pytest.raises(train_lib.ConfigError, match=r"config\.data\.order"):
+        train_lib.validate_config(tiny_config(**{"data.order": "random"}))
+    with pytest.raises(train_lib.ConfigError, match="num_seeds must be >= 1"):
+        train_lib.validate_config(tiny_config(num_seeds=0))
+    for module in (default, fashion_mnist, cifar100):
+        train_lib.validate_config(module.get_config())
+    train_lib.validate_config(cifar10.get_config())
+    with pytest.raises(ValueError, match="unknown variant"):
+        cifar10.get_config("smaple")
+    (tmp_path / "config.json").write_text(
+        json.dumps(json.loads(tiny_config().to_json_best_effort()))
+    )
+    with pytest.raises(
+        train_lib.ConfigError, match=r"different configuration \(keys \['model.name'\]\)"
+    ):
+        train_lib.train_and_evaluate(tiny_config(**{"model.name": "cnn"}), tmp_path)
+
+
+# --- the command line, in subprocesses -------------------------------------------------------------
+
+CLI_FLAGS = [
+    "--config.num_seeds=2",
+    "--config.batch_size=10",
+    "--config.eval_batch_size=25",
+    "--config.model.name=cnmf",
+    "--config.model.width=0.125",
+    "--config.data.train_limit=200",
+    "--config.data.test_limit=50",
+    "--config.progress=False",
+    "--config.tensorboard=False",
+]
+
+
+def _cli(workdir, *flags, **popen):
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        PYTHONUNBUFFERED="1",
+    )
+    command = [
+        sys.executable,
+        "train.py",
+        "--config=configs/cifar10.py:sample",
+        f"--workdir={workdir}",
+    ]
+    return subprocess.Popen(
+        [*command, *CLI_FLAGS, *flags],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def _finish(process, timeout=300):
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+def _wait_for_epoch(workdir, epoch, process, timeout=300):
+    metrics = pathlib.Path(workdir) / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= epoch:
+            return
+        assert process.poll() is None, process.communicate()[0]
+        time.sleep(0.02)
+    raise TimeoutError(f"epoch {epoch} never finished")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    code, output = _finish(_cli(workdir, "--config.num_epochs=5"))
+    assert code == 0, output
+    return workdir
+
+
+def test_cli_resume_after_sigkill_is_bit_exact(uninterrupted_run, tmp_path):
+    process = _cli(tmp_path, "--config.num_epochs=5")
+    _wait_for_epoch(tmp_path, 1, process)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert not (tmp_path / "results.json").exists()
+    code, output = _finish(_cli(tmp_path, "--config.num_epochs=5"))
+    assert code == 0, output
+    assert "resumed from epoch" in output
+    assert_trees_equal(final_state(uninterrupted_run), final_state(tmp_path))
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5
+
+
+def test_cli_ctrl_c_saves_and_exits_cleanly_then_resumes(uninterrupted_run, tmp_path):
+    process = _cli(tmp_path, "--config.num_epochs=5")
+    _wait_for_epoch(tmp_path, 1, process)
+    process.send_signal(signal.SIGINT)
+    code, output = _finish(process)
+    assert code == 130, output
+    assert "checkpoint saved" in output and "Traceback" not in output
+    code, output = _finish(_cli(tmp_path, "--config.num_epochs=5"))
+    assert code == 0, output
+    assert_trees_equal(final_state(uninterrupted_run), final_state(tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results == {
+        **json.loads((uninterrupted_run / "results.json").read_text()),
+        "config": results["config"],
+    }
+
+
+def test_cli_errors_are_clear(tmp_path):
+    code, output = _finish(_cli(tmp_path, "--config.model.nmae=cnn"))
+    assert code != 0 and "nmae" in output
+    code, output = _finish(
+        _cli(tmp_path, "--config.data.source=folder", f"--config.data.data_dir={tmp_path}/none")
+    )
+    assert code == 1 and "Provide it in one of three ways" in output and "Traceback" not in output
