@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from configs import default  # noqa: E402
-from deepnmf_jax import models, train_lib  # noqa: E402
+from configs import default
+from deepnmf_jax import models, train_lib
 
 
 def _time(fn, steps: int, warmup: int) -> tuple[float, float]:

@@ -63,6 +63,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.plateau_cooldown = 0
     config.optim.stop_lr = 1e-9  # stop when every learning rate is below this
 
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.seed_devices = 0  # devices the seed axis is split over (0: automatic, seeds first)
+    config.mesh.data_devices = 0  # devices each batch is split over (0: automatic)
+
+    config.distributed = ml_collections.ConfigDict()  # jax.distributed (multi-host); empty: single
+    config.distributed.coordinator_address = (
+        ""  # host:port of process 0 (or JAX_COORDINATOR_ADDRESS)
+    )
+    config.distributed.num_processes = 0  # (or JAX_NUM_PROCESSES)
+    config.distributed.process_id = -1  # (or JAX_PROCESS_ID)
+    config.distributed.auto_detect = False  # let JAX detect a cluster (SLURM, Open MPI, ...)
+
     config.checkpoint_every_epochs = 1
     config.log_every_steps = 10  # how often losses are fetched (NaN check, progress bar)
     config.progress = True  # progress bars

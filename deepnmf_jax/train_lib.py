@@ -34,7 +34,16 @@ import optax
 from tqdm.auto import tqdm
 
 import deepnmf_jax
-from deepnmf_jax import augment, checkpointing, input_pipeline, losses, models, optim, reporting
+from deepnmf_jax import (
+    augment,
+    checkpointing,
+    input_pipeline,
+    losses,
+    models,
+    optim,
+    parallel,
+    reporting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +105,17 @@ def _augment_config(config) -> augment.AugmentConfig:
 
 
 class Trainer:
-    """The jitted, seed-vmapped functions of one run."""
+    """The jitted, seed-vmapped, sharded functions of one run.
 
-    def __init__(self, config: ml_collections.ConfigDict, num_classes: int, image_shape):
+    Shardings (:mod:`deepnmf_jax.parallel`): every state leaf is split over the mesh axis ``"seed"``
+    along its leading seed axis; the datasets are replicated on every device; inside the train step the
+    augmented batch is split over ``"data"``. Metrics come back replicated, so every process can read
+    them.
+    """
+
+    def __init__(self, config, num_classes: int, image_shape, steps_per_epoch: int, devices=None):
         self.config = config
+        self.steps_per_epoch = steps_per_epoch
         self.model = models.build_model(
             config.model.name,
             width=config.model.width,
@@ -116,18 +132,46 @@ class Trainer:
         self.plateau = optim.make_plateau(config.optim)
         self.loss_fn = losses.get_loss(config.loss)
         self.running_bn = config.model.batch_norm == "running"
-        self.init = jax.jit(jax.vmap(self._init_one))
+
+        self.mesh = parallel.make_mesh(
+            config.num_seeds,
+            config.batch_size,
+            config.mesh.seed_devices,
+            config.mesh.data_devices,
+            devices,
+        )
+        self.replicated = parallel.sharding(self.mesh)
+        self.seed_sharded = parallel.sharding(self.mesh, parallel.SEED_AXIS)
+        self.batch_sharded = parallel.sharding(self.mesh, parallel.DATA_AXIS)
+        per_seed_order = config.data.order == "per_seed"
+        self.order_sharding = self.seed_sharded if per_seed_order else self.replicated
+
+        def seed_vmap(fn, in_axes=0):
+            return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=parallel.SEED_AXIS)
+
+        state, repl = self.seed_sharded, self.replicated
+        self.init = jax.jit(seed_vmap(self._init_one), in_shardings=state, out_shardings=state)
         self.train_step = jax.jit(
-            jax.vmap(self._train_step_one, in_axes=(0, None, None, self._order_axis, None)),
+            seed_vmap(self._train_step_one, (0, None, None, 0 if per_seed_order else None)),
+            in_shardings=(state, repl, repl, self.order_sharding),
+            out_shardings=(state, repl),
             donate_argnums=0,
         )
-        self.eval_step = jax.jit(jax.vmap(self._eval_step_one, in_axes=(0, None, None)))
-        self.update_plateau = jax.jit(jax.vmap(self._update_plateau_one), donate_argnums=0)
-        self.epoch_order = jax.jit(self._epoch_order, static_argnums=(2,))
-
-    @property
-    def _order_axis(self):
-        return 0 if self.config.data.order == "per_seed" else None
+        self.eval_all = jax.jit(
+            seed_vmap(self._eval_all_one, (0, None, None)),
+            in_shardings=(state, repl, repl),
+            out_shardings=repl,
+        )
+        self.update_plateau = jax.jit(
+            seed_vmap(self._update_plateau_one),
+            in_shardings=(state, state),
+            out_shardings=state,
+            donate_argnums=0,
+        )
+        self.epoch_order = jax.jit(
+            self._epoch_order, static_argnums=(2,), out_shardings=self.order_sharding
+        )
+        self._gather = jax.jit(lambda x: x, out_shardings=repl)
 
     # --- per-seed functions (vmapped above) ------------------------------------------------------
 
@@ -155,12 +199,14 @@ class Trainer:
         probs, updates = self.model.apply(variables, images, train=True, mutable=["batch_stats"])
         return probs, updates["batch_stats"]
 
-    def _train_step_one(self, state: TrainState, images, labels, order, step_in_epoch):
+    def _train_step_one(self, state: TrainState, images, labels, order):
         batch_size = self.config.batch_size
+        step_in_epoch = state.step % self.steps_per_epoch  # no host scalar per step
         index = jax.lax.dynamic_slice(order, (step_in_epoch * batch_size,), (batch_size,))
         key = jax.random.fold_in(jax.random.wrap_key_data(state.augment_key), state.step)
         batch = augment.preprocess_for_train(images[index], key, self.augment)
-        batch_labels = labels[index]
+        batch = jax.lax.with_sharding_constraint(batch, self.batch_sharded)
+        batch_labels = jax.lax.with_sharding_constraint(labels[index], self.batch_sharded)
 
         def objective(params):
             probs, batch_stats = self._apply(params, state.batch_stats, batch, train=True)
@@ -181,10 +227,23 @@ class Trainer:
         correct = jnp.sum(jnp.argmax(probs, -1).astype(batch_labels.dtype) == batch_labels)
         return new_state, {"loss": loss, "correct": correct}
 
-    def _eval_step_one(self, state: TrainState, images, labels):
+    def _correct(self, state: TrainState, images, labels):
         batch = augment.preprocess_for_eval(images, self.config.augment.crop_size)
         probs, _ = self._apply(state.params, state.batch_stats, batch, train=False)
         return jnp.sum(jnp.argmax(probs, -1).astype(labels.dtype) == labels)
+
+    def _eval_all_one(self, state: TrainState, images, labels):
+        """Correct predictions on a whole split, in order, in batches of ``eval_batch_size``."""
+        batch_size = self.config.eval_batch_size
+        full = (images.shape[0] // batch_size) * batch_size
+        batched = (
+            images[:full].reshape(-1, batch_size, *images.shape[1:]),
+            labels[:full].reshape(-1, batch_size),
+        )
+        correct = jnp.sum(jax.lax.map(lambda b: self._correct(state, *b), batched))
+        if full < images.shape[0]:  # the last, smaller batch (BatchNorm statistics over it alone)
+            correct = correct + self._correct(state, images[full:], labels[full:])
+        return correct
 
     def _update_plateau_one(self, state: TrainState, epoch_loss):
         plateau_state = optim.plateau_update(self.plateau, state.plateau_state, epoch_loss)
@@ -200,29 +259,35 @@ class Trainer:
 
     # --- host-side helpers -----------------------------------------------------------------------
 
+    def put(self, host_array, target=None) -> jax.Array:
+        """A host array (the same in every process) as a global array, replicated by default."""
+        return parallel.global_array(host_array, target or self.replicated)
+
     def seed_keys(self, seeds: list[int]) -> jax.Array:
-        return jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+        keys = np.stack([np.asarray(jax.random.key_data(jax.random.key(s))) for s in seeds])
+        return self.put(keys, self.seed_sharded)
 
     def order_keys(self, seeds: list[int]) -> jax.Array:
         if self.config.data.order == "fixed":
-            return jax.random.key_data(jax.random.key(self.config.data.order_seed))
+            return self.put(jax.random.key_data(jax.random.key(self.config.data.order_seed)))
         keys = [jax.random.fold_in(jax.random.key(s), 0x0D0E) for s in seeds]
-        return jnp.stack([jax.random.key_data(k) for k in keys])
+        return self.put(
+            np.stack([np.asarray(jax.random.key_data(k)) for k in keys]), self.seed_sharded
+        )
+
+    def fetch(self, tree):
+        """Device values (possibly spread over processes) as host numpy arrays."""
+        return jax.device_get(self._gather(tree))
 
     def learning_rates(self, states: TrainState) -> dict[str, float]:
-        """Each group's current learning rate (the same for every seed until a seed's plateau)."""
-        scale = float(np.max(np.asarray(states.plateau_state.scale)))
+        """Each group's current learning rate (the same for every seed: one shared loss schedule
+        per seed, and the seeds reduce at their own epochs; this reports the largest)."""
+        scale = float(np.max(self.fetch(states.plateau_state.scale)))
         return {g: lr * scale for g, lr in optim.group_learning_rates(self.config.optim).items()}
 
-    def evaluate(self, states: TrainState, split: input_pipeline.Split) -> np.ndarray:
-        """Test accuracy per seed, in order, in batches of ``eval_batch_size``."""
-        batch_size = self.config.eval_batch_size
-        correct = []
-        for start in range(0, len(split), batch_size):
-            images = jnp.asarray(split.images[start : start + batch_size])
-            labels = jnp.asarray(split.labels[start : start + batch_size])
-            correct.append(self.eval_step(states, images, labels))
-        return np.sum(np.stack([np.asarray(c) for c in correct]), 0) / len(split)
+    def evaluate(self, states: TrainState, images: jax.Array, labels: jax.Array) -> np.ndarray:
+        """Accuracy per seed on a split already on the devices."""
+        return np.asarray(jax.device_get(self.eval_all(states, images, labels))) / images.shape[0]
 
 
 @dataclasses.dataclass
@@ -277,10 +342,16 @@ _RESUMABLE_KEYS = {
     "data.data_dir",
     "data.cache_dir",
     "data.download_url",
+    "mesh.seed_devices",  # a run may resume on other devices: orbax reshards the checkpoint
+    "mesh.data_devices",
+    "distributed.coordinator_address",
+    "distributed.num_processes",
+    "distributed.process_id",
+    "distributed.auto_detect",
 }
 
 
-def _check_config_matches(workdir: pathlib.Path, config) -> None:
+def _check_config_matches(workdir: pathlib.Path, config, write: bool = True) -> None:
     path = workdir / "config.json"
     current = json.loads(config.to_json_best_effort())
     if path.exists():
@@ -296,7 +367,8 @@ def _check_config_matches(workdir: pathlib.Path, config) -> None:
                 f"{workdir} holds a run with a different configuration (keys {differ}); resume "
                 "with the same configuration or use another --workdir"
             )
-    path.write_text(json.dumps(current, indent=2, sort_keys=True))
+    if write:
+        path.write_text(json.dumps(current, indent=2, sort_keys=True))
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -325,12 +397,16 @@ def _load_data(config) -> input_pipeline.Dataset:
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+) -> dict | None:
     """Trains ``config.num_seeds`` seeds of ``config.model.name`` and returns the results dict.
 
     Writes to ``workdir``: ``config.json``, ``metrics.jsonl`` (one line per epoch),
     ``tensorboard/``, ``checkpoints/`` and ``best/``, and at the end ``results.json`` and
-    ``learning_curves.png``. Rerunning with the same ``workdir`` resumes.
+    ``learning_curves.png``. Rerunning with the same ``workdir`` resumes. In a multi-process run
+    every process calls this; process 0 writes the logs and results and returns them, the others
+    return None.
 
     Raises:
       TrainingInterrupted: Ctrl-C or SIGTERM; a checkpoint was saved first.
@@ -338,9 +414,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       ConfigError: an invalid config, or one that differs from the run in ``workdir``.
     """
     validate_config(config)
+    parallel.maybe_initialize_distributed(config.distributed)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _check_config_matches(workdir, config)
+    _check_config_matches(workdir, config, write=parallel.is_primary())
     data = _load_data(config)
     run = _Run(config, workdir, data)
     try:
@@ -372,7 +449,9 @@ class _Run:
             self.steps_per_epoch,
             jax.devices(),
         )
-        self.trainer = Trainer(config, data.num_classes, data.train.images.shape[1:])
+        self.trainer = Trainer(
+            config, data.num_classes, data.train.images.shape[1:], self.steps_per_epoch
+        )
         self.seeds = [config.seed + k for k in range(config.num_seeds)]
         self.states = self.trainer.init(self.trainer.seed_keys(self.seeds))
         log.info(
@@ -394,9 +473,15 @@ class _Run:
         reporting.truncate_history(
             workdir, self.progress.epoch
         )  # epochs logged after the checkpoint
-        self.writer = reporting.MetricsWriter(workdir, tensorboard=config.tensorboard)
-        self.train_images = jnp.asarray(data.train.images)
-        self.train_labels = jnp.asarray(data.train.labels)
+        self.primary = parallel.is_primary()
+        self.writer = reporting.MetricsWriter(
+            workdir, enabled=self.primary, tensorboard=config.tensorboard
+        )
+        # Each split lives on the devices as uint8 (and int32 labels), placed once.
+        self.train_images = self.trainer.put(data.train.images)
+        self.train_labels = self.trainer.put(data.train.labels)
+        self.test_images = self.trainer.put(data.test.images)
+        self.test_labels = self.trainer.put(data.test.labels)
         self.order_keys = self.trainer.order_keys(self.seeds)
         self.stop = _StopRequest()
 
@@ -422,7 +507,7 @@ class _Run:
         with bar:
             for step in range(first_step, self.steps_per_epoch):
                 self.states, metrics = self.trainer.train_step(
-                    self.states, self.train_images, self.train_labels, order, step
+                    self.states, self.train_images, self.train_labels, order
                 )
                 pending.append(metrics)
                 last = step == self.steps_per_epoch - 1
@@ -456,19 +541,19 @@ class _Run:
         )
 
     def _collect(self, pending, epoch, first_step) -> None:
-        losses_now = np.stack([np.asarray(m["loss"], np.float64) for m in pending])
+        fetched = self.trainer.fetch(pending)
+        losses_now = np.stack([np.asarray(m["loss"], np.float64) for m in fetched])
         _check_finite(losses_now, epoch, first_step, self.seeds)
         self.loss_sum += losses_now.sum(0)
-        self.correct += np.stack([np.asarray(m["correct"]) for m in pending]).sum(0)
+        self.correct += np.stack([np.asarray(m["correct"]) for m in fetched]).sum(0)
 
     def end_epoch(self) -> None:
         """Evaluates, advances the schedule, decides whether to stop, saves, logs."""
         config, seeds = self.config, self.seeds
         epoch = self.progress.epoch + 1
-        test_accuracy = self.trainer.evaluate(self.states, self.data.test)
-        self.states = self.trainer.update_plateau(
-            self.states, jnp.asarray(self.loss_sum, jnp.float32)
-        )
+        test_accuracy = self.trainer.evaluate(self.states, self.test_images, self.test_labels)
+        epoch_loss = self.trainer.put(self.loss_sum.astype(np.float32), self.trainer.seed_sharded)
+        self.states = self.trainer.update_plateau(self.states, epoch_loss)
         num_train = self.steps_per_epoch * config.batch_size
         record = {
             "epoch": epoch,
@@ -542,7 +627,10 @@ def _check_finite(losses_now: np.ndarray, epoch: int, first_step: int, seeds: li
         )
 
 
-def _finish(config, workdir: pathlib.Path, data, seeds, progress: _Progress) -> dict:
+def _finish(config, workdir: pathlib.Path, data, seeds, progress: _Progress) -> dict | None:
+    """Writes results.json and the learning curves (process 0 only; the others return None)."""
+    if not parallel.is_primary():
+        return None
     history = reporting.read_history(workdir)
     if not history:
         raise RuntimeError(f"{workdir} has no metrics to report")

@@ -103,7 +103,7 @@ def test_two_seeds_equal_two_single_seed_runs(tmp_path):
 def test_data_order_fixed_or_per_seed():
     for order, shared in (("fixed", True), ("per_seed", False)):
         config = tiny_config(num_seeds=2, **{"data.order": order})
-        trainer = train_lib.Trainer(config, 10, (32, 32, 3))
+        trainer = train_lib.Trainer(config, 10, (32, 32, 3), 6)
         keys = trainer.order_keys([21, 22])
         orders = np.asarray(trainer.epoch_order(keys, 1, 60))
         if shared:
