@@ -415,6 +415,8 @@ def train_and_evaluate(
     """
     validate_config(config)
     parallel.maybe_initialize_distributed(config.distributed)
+    if not parallel.is_primary():
+        log.setLevel(logging.WARNING)  # process 0 reports for everyone
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_config_matches(workdir, config, write=parallel.is_primary())

@@ -1,0 +1,151 @@
+"""Sharding over seeds and data (deepnmf_jax.parallel), on 8 simulated CPU devices and 2 processes.
+
+Equalities with the single-device run are to float32 rounding, not bit for bit: splitting a batch
+over devices (or a seed axis of 2 into two of 1) changes the order in which XLA sums, and Adam's
+g / sqrt(v) amplifies those last-bit differences in tiny entries over the steps of a run.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from deepnmf_jax import parallel, train_lib
+from tests.test_train import ROOT, final_state, tiny_config
+
+
+def test_mesh_shape_rules():
+    assert parallel.mesh_shape(5, 50, 8) == (5, 1)  # seeds first; 5 of 8 devices used
+    assert parallel.mesh_shape(1, 50, 8) == (1, 5)  # one seed: split the batch of 50 five ways
+    assert parallel.mesh_shape(2, 50, 8) == (2, 2)
+    assert parallel.mesh_shape(4, 10, 8) == (4, 2)
+    assert parallel.mesh_shape(5, 50, 1) == (1, 1)
+    assert parallel.mesh_shape(2, 50, 8, seed_devices=1, data_devices=2) == (1, 2)
+    with pytest.raises(ValueError, match="do not divide num_seeds"):
+        parallel.mesh_shape(5, 50, 8, seed_devices=2)
+    with pytest.raises(ValueError, match="do not divide batch_size"):
+        parallel.mesh_shape(1, 50, 8, data_devices=4)
+    with pytest.raises(ValueError, match="needs more than"):
+        parallel.mesh_shape(4, 50, 8, seed_devices=4, data_devices=5)
+
+
+def _assert_close(a, b):
+    """Parameters within 1e-4 of each array's scale; the rest of the state (Adam's moments, whose
+    second moment squares the gradients' rounding differences) within 1e-3."""
+
+    def close(x, y, scale):
+        x, y = np.asarray(x), np.asarray(y)
+        np.testing.assert_allclose(x, y, rtol=0, atol=scale * np.max(np.abs(y)))
+
+    jax.tree_util.tree_map(lambda x, y: close(x, y, 1e-4), a["params"], b["params"])
+    jax.tree_util.tree_map(lambda x, y: close(x, y, 1e-3), a, b)
+
+
+@pytest.mark.parametrize(
+    "num_seeds,seed_devices,data_devices",
+    [(2, 2, 1), (1, 1, 2), (2, 2, 2)],
+    ids=["seeds", "data", "both"],
+)
+def test_sharded_runs_equal_single_device(tmp_path, num_seeds, seed_devices, data_devices):
+    # CNMF, not CNMF+1x1: the +1x1 models have biases that feed a BatchNorm, whose gradient is zero
+    # up to rounding noise, which Adam turns into +-lr steps: no two summation orders agree on them.
+    overrides = {"model.name": "cnmf", "num_seeds": num_seeds, "tensorboard": False}
+    single = tiny_config(**overrides, **{"mesh.seed_devices": 1, "mesh.data_devices": 1})
+    sharded = tiny_config(
+        **overrides, **{"mesh.seed_devices": seed_devices, "mesh.data_devices": data_devices}
+    )
+    train_lib.train_and_evaluate(single, tmp_path / "single")
+    train_lib.train_and_evaluate(sharded, tmp_path / "sharded")
+    _assert_close(final_state(tmp_path / "sharded"), final_state(tmp_path / "single"))
+
+
+def test_state_is_sharded_no_transfers_in_the_loop_and_one_compile():
+    config = tiny_config(
+        num_seeds=2, **{"model.name": "cnmf", "mesh.seed_devices": 2, "mesh.data_devices": 2}
+    )
+    trainer = train_lib.Trainer(config, 10, (32, 32, 3), steps_per_epoch=3)
+    states = trainer.init(trainer.seed_keys([21, 22]))
+    kernel = states.params["block1"]["a"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("seed")
+    assert len(kernel.sharding.device_set) == 4 and kernel.addressable_shards[0].data.shape[0] == 1
+    rng = np.random.default_rng(0)
+    images = trainer.put(rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8))
+    labels = trainer.put(rng.integers(0, 10, 30, dtype=np.int32))
+    keys = trainer.order_keys([21, 22])
+    for epoch in (1, 2):
+        order = trainer.epoch_order(keys, epoch, 30)
+        with jax.transfer_guard("disallow"):  # the whole epoch runs without a host round trip
+            for _ in range(3):
+                states, _ = trainer.train_step(states, images, labels, order)
+        correct = trainer.evaluate(states, images, labels)
+        states = trainer.update_plateau(
+            states, trainer.put(np.ones(2, np.float32), trainer.seed_sharded)
+        )
+    assert int(trainer.fetch(states.step)[0]) == 6 and correct.shape == (2,)
+    for fn in (trainer.train_step, trainer.eval_all, trainer.update_plateau, trainer.epoch_order):
+        assert fn._cache_size() == 1, fn  # the second epoch compiled nothing new
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_process(workdir, devices, *flags):
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+    command = [
+        sys.executable,
+        "train.py",
+        "--config=configs/cifar10.py:sample",
+        f"--workdir={workdir}",
+        "--config.num_seeds=2",
+        "--config.num_epochs=2",
+        "--config.batch_size=10",
+        "--config.model.name=cnmf",
+        "--config.model.width=0.125",
+        "--config.data.train_limit=60",
+        "--config.data.test_limit=50",
+        "--config.progress=False",
+        "--config.tensorboard=False",
+        "--config.mesh.seed_devices=2",
+        "--config.mesh.data_devices=2",
+        *flags,
+    ]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def test_two_processes_behave_as_one(tmp_path):
+    """2 processes x 2 CPU devices (gloo collectives) against 1 process x 4 devices, same mesh."""
+    address = f"127.0.0.1:{_free_port()}"
+    processes = [
+        _train_process(
+            tmp_path / "multi",
+            2,
+            f"--config.distributed.coordinator_address={address}",
+            "--config.distributed.num_processes=2",
+            f"--config.distributed.process_id={rank}",
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    single = _train_process(tmp_path / "single", 4)
+    output = single.communicate(timeout=300)[0]
+    assert single.returncode == 0, output
+    # Only process 0 wrote the logs: one line per epoch, not two.
+    assert len((tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert "epoch 1:" in outputs[0] and "epoch 1:" not in outputs[1]
+    _assert_close(final_state(tmp_path / "multi"), final_state(tmp_path / "single"))
