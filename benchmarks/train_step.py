@@ -21,7 +21,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
@@ -45,30 +44,42 @@ def _time(fn, steps: int, warmup: int) -> tuple[float, float]:
     return compile_s, statistics.median(times)
 
 
-def benchmark(model: str, seeds: int, batch: int, steps: int, warmup: int, gradient: str) -> dict:
+def benchmark(
+    model: str,
+    seeds: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    gradient: str,
+    width=1.0,
+    iterations=20,
+) -> dict:
     config = default.get_config()
     config.model.name = model
     config.model.gradient = gradient
+    config.model.width = width
+    config.model.iterations = iterations
     config.num_seeds = seeds
     config.batch_size = batch
-    trainer = train_lib.Trainer(config, 10, (32, 32, 3))
+    num_images = batch * (steps + warmup + 1)
+    trainer = train_lib.Trainer(config, 10, (32, 32, 3), steps_per_epoch=num_images // batch)
     seed_list = list(range(seeds))
     states = trainer.init(trainer.seed_keys(seed_list))
     rng = np.random.default_rng(0)
-    num_images = batch * (steps + warmup + 1)
-    images = jnp.asarray(rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8))
-    labels = jnp.asarray(rng.integers(0, 10, num_images, dtype=np.int32))
+    images = trainer.put(rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8))
+    labels = trainer.put(rng.integers(0, 10, num_images, dtype=np.int32))
     order = trainer.epoch_order(trainer.order_keys(seed_list), 1, num_images)
     holder = {"states": states}
 
     def train(k):
-        holder["states"], metrics = trainer.train_step(holder["states"], images, labels, order, k)
+        holder["states"], metrics = trainer.train_step(holder["states"], images, labels, order)
         return metrics
 
     compile_s, step_s = _time(train, steps, warmup)
-    eval_images, eval_labels = images[:50], labels[:50]
+    eval_images = trainer.put(np.asarray(images)[:50])
+    eval_labels = trainer.put(np.asarray(labels)[:50])
     _, eval_s = _time(
-        lambda k: trainer.eval_step(holder["states"], eval_images, eval_labels), steps, 1
+        lambda k: trainer.eval_all(holder["states"], eval_images, eval_labels), steps, 1
     )
     return {
         "model": model,
@@ -76,6 +87,7 @@ def benchmark(model: str, seeds: int, batch: int, steps: int, warmup: int, gradi
         "seeds": seeds,
         "batch": batch,
         "parameters": models.count_params(states.params) // seeds,
+        "mesh": dict(trainer.mesh.shape),
         "compile_s": compile_s,
         "step_s": step_s,
         "images_per_s": batch * seeds / step_s,
@@ -92,19 +104,30 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--gradient", default="approximate")
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/results/train_step.json")
     args = parser.parse_args(argv)
 
     rows = []
-    header = f"{'model':<10} {'seeds':>5} {'compile s':>9} {'step s':>8} {'img/s':>8} {'eval s':>7} {'epoch min':>9}"
+    header = f"{'model':<10} {'seeds':>5} {'mesh':>9} {'compile s':>9} {'step s':>8} {'img/s':>8} {'eval s':>7} {'epoch min':>9}"
     print(f"devices: {jax.devices()}  ({platform.processor() or platform.machine()})")
     print(header)
     for model in args.models:
         for seeds in args.seeds:
-            row = benchmark(model, seeds, args.batch, args.steps, args.warmup, args.gradient)
+            row = benchmark(
+                model,
+                seeds,
+                args.batch,
+                args.steps,
+                args.warmup,
+                args.gradient,
+                args.width,
+                args.iterations,
+            )
             rows.append(row)
             print(
-                f"{model:<10} {seeds:>5} {row['compile_s']:>9.1f} {row['step_s']:>8.3f} "
+                f"{model:<10} {seeds:>5} {'x'.join(map(str, row['mesh'].values())):>9} {row['compile_s']:>9.1f} {row['step_s']:>8.3f} "
                 f"{row['images_per_s']:>8.0f} {row['eval_batch_s']:>7.3f} {row['cifar10_epoch_min']:>9.1f}",
                 flush=True,
             )

@@ -25,9 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.groups = 1  # groups of blocks 2 and 3
     config.model.iterations = 20  # NMF fixed-point iterations
     config.model.epsilon = config_dict.placeholder(float)  # None: the paper's update
-    config.model.gradient = (
-        "approximate"  # approximate | unrolled | implicit | local_kl | local_mse
-    )
+    # NMF backward: approximate (paper) | unrolled | implicit | local_kl | local_mse
+    config.model.gradient = "approximate"
+    config.model.remat = False  # with gradient="unrolled": rematerialise each NMF iteration
     config.model.batch_norm = "batch"  # "batch" (reference) | "running"
 
     config.data = ml_collections.ConfigDict()

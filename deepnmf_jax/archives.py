@@ -20,7 +20,7 @@ import tarfile
 import urllib.request
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 
 class UnsafeArchiveError(ValueError):

@@ -169,8 +169,15 @@ class NMFConv(nn.Module):
     Attributes:
       features: number of NMF hidden units F (output channels).
       kernel_size, strides, padding: as :func:`extract_patches` (``"full"``: the whole input).
-      iterations, epsilon, gradient, check_inputs: passed to :func:`nmf.nmf_fixed_point`.
+      iterations, epsilon, gradient, remat, check_inputs: passed to :func:`nmf.nmf_fixed_point`.
       groups: grouped NMF (module docstring); 1 is the paper's layer.
+      probes: add zero "perturbations" to the NMF input x and the codes h (``nn.Module.perturb``),
+        so that ``jax.grad`` with respect to the ``perturbations`` collection returns dL/dx and
+        dL/dh of this layer (for gradient studies; off by default, as it adds activation-sized
+        variables at ``init``).
+
+    With ``mutable=["intermediates"]`` the layer also sows its NMF input ``x`` (the L1-normalised
+    patches) under ``intermediates/.../nmf_input``.
     """
 
     features: int
@@ -180,8 +187,10 @@ class NMFConv(nn.Module):
     iterations: int = 20
     epsilon: float | None = None
     gradient: nmf.Gradient = "approximate"
+    remat: bool = False
     groups: int = 1
     check_inputs: bool = False
+    probes: bool = False
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -203,14 +212,20 @@ class NMFConv(nn.Module):
             iterations=self.iterations,
             epsilon=self.epsilon,
             gradient=self.gradient,
+            remat=self.remat,
             check_inputs=self.check_inputs,
             name=self.name or "nmf",
         )
+        inputs = group_l1_normalize(patches, self.groups)
+        if self.probes:
+            inputs = self.perturb("nmf_input", inputs)
+        self.sow("intermediates", "nmf_input", inputs)
         if self.groups == 1:
-            return run(nmf.l1_normalize(patches), w)
-        grouped_inputs = nmf.l1_normalize(_split_groups(patches, self.groups))
-        codes = jax.vmap(run, in_axes=(-2, 0), out_axes=-2)(grouped_inputs, w)
-        return nmf.l1_normalize(_merge_groups(codes))
+            codes = run(inputs, w)
+        else:
+            grouped = jax.vmap(run, in_axes=(-2, 0), out_axes=-2)
+            codes = nmf.l1_normalize(_merge_groups(grouped(_split_groups(inputs, self.groups), w)))
+        return self.perturb("codes", codes) if self.probes else codes
 
 
 class PatchConv(nn.Module):

@@ -55,8 +55,10 @@ class Block(nn.Module):
     iterations: int = 20
     epsilon: float | None = None
     gradient: nmf.Gradient = "approximate"
+    remat: bool = False
     batch_norm: Literal["batch", "running"] = "batch"
     check_inputs: bool = False
+    probes: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -71,8 +73,10 @@ class Block(nn.Module):
                 iterations=self.iterations,
                 epsilon=self.epsilon,
                 gradient=self.gradient,
+                remat=self.remat,
                 groups=spec.groups,
                 check_inputs=self.check_inputs,
+                probes=self.probes,
                 name="a",
             )(x)
         elif self.a_layer == "conv":
@@ -115,9 +119,11 @@ class DeepNMF(nn.Module):
     iterations: int = 20
     epsilon: float | None = None
     gradient: nmf.Gradient = "approximate"
+    remat: bool = False
     batch_norm: Literal["batch", "running"] = "batch"
     input_channels: int | None = None
     check_inputs: bool = False
+    probes: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool, return_intermediates: bool = False) -> Any:
@@ -143,8 +149,10 @@ class DeepNMF(nn.Module):
                 iterations=self.iterations,
                 epsilon=self.epsilon,
                 gradient=self.gradient,
+                remat=self.remat,
                 batch_norm=self.batch_norm,
                 check_inputs=self.check_inputs,
+                probes=self.probes,
                 name=f"block{index}",
             )(x, train)
         if x.shape[1:3] != (1, 1):
@@ -194,8 +202,10 @@ def build_model(
     iterations: int = 20,
     epsilon: float | None = None,
     gradient: nmf.Gradient = "approximate",
+    remat: bool = False,
     batch_norm: Literal["batch", "running"] = "batch",
     check_inputs: bool = False,
+    probes: bool = False,
 ) -> DeepNMF:
     """Builds one of the paper's models by name: ``"cnn" | "cnmf" | "cnn_1x1" | "cnmf_1x1"``.
 
@@ -206,9 +216,11 @@ def build_model(
       num_classes: 10 (CIFAR-10, Fashion-MNIST) or 100 (CIFAR-100).
       input_channels: if given, images with another channel count are rejected (3 for CIFAR,
         1 for Fashion-MNIST, whose images are 24 x 24 after cropping in the reference).
-      iterations, epsilon, gradient: of every NMF layer (:func:`deepnmf_jax.nmf.nmf_fixed_point`).
+      iterations, epsilon, gradient, remat: of every NMF layer
+        (:func:`deepnmf_jax.nmf.nmf_fixed_point`; ``remat`` with ``gradient="unrolled"`` only).
       batch_norm: ``"batch"`` (the reference's batch statistics everywhere) or ``"running"``.
       check_inputs: checkify checks in every NMF layer (see :func:`deepnmf_jax.nmf.checked`).
+      probes: gradient probes in every NMF layer (:class:`deepnmf_jax.layers.NMFConv`).
 
     Returns:
       the :class:`DeepNMF` module; ``model.apply(variables, images, train=bool)`` -> probabilities.
@@ -217,6 +229,8 @@ def build_model(
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(PAPER_MODELS)}")
     if gradient not in nmf.GRADIENT_MODES:
         raise ValueError(f"gradient must be one of {nmf.GRADIENT_MODES}, got {gradient!r}")
+    if remat and gradient != "unrolled":
+        raise ValueError(f"remat=True only applies to gradient='unrolled', got {gradient!r}")
     if batch_norm not in layers.BATCH_NORM_MODES:
         raise ValueError(f"batch_norm must be one of {layers.BATCH_NORM_MODES}, got {batch_norm!r}")
     return DeepNMF(
@@ -224,9 +238,11 @@ def build_model(
         iterations=iterations,
         epsilon=epsilon,
         gradient=gradient,
+        remat=remat,
         batch_norm=batch_norm,
         input_channels=input_channels,
         check_inputs=check_inputs,
+        probes=probes,
         **PAPER_MODELS[name],
     )
 

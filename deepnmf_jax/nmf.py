@@ -289,11 +289,16 @@ def nmf_fixed_point(
         * ``"implicit"``: exact derivative of the true fixed point, by the implicit function theorem.
           Meaningful only where the loop has converged (the residual ``|F(h) - h|`` is small): it
           differentiates the limit, not the computed iterate, so for a short, unconverged loop it
-          differs from ``"unrolled"``. Codes with exact zeros are fine (their rows of ``dF/dh`` are
-          handled by the solve) as are all-zero inputs (h = 0 gives zero gradients). It is undefined
-          where ``I - dF/dh`` is singular, which happens at non-isolated fixed points (e.g. two
-          identical columns of W); ``jnp.linalg.solve`` then returns inf/NaN. It costs one I x I
-          Jacobian and solve per position.
+          differs from ``"unrolled"``, and can be far off: the multiplicative update converges
+          slowly, codes that head for zero give ``dF/dh`` eigenvalues close to 1, and ``I - dF/dh``
+          is then ill-conditioned. Measured on real CIFAR-10 patches (75 -> 32, float64): after
+          20 iterations the implicit dL/dx was 500x the size of the unrolled one; after 2,000
+          (residual 2e-6, largest eigenvalue 0.998) they agreed to 4 %. On a well-posed problem
+          that converges to machine precision it matches finite differences to 1e-10
+          (``tests/test_nmf.py``). All-zero inputs are fine (h = 0 gives zero gradients). It is
+          undefined where ``I - dF/dh`` is singular (non-isolated fixed points, e.g. two identical
+          columns of W); ``jnp.linalg.solve`` then returns inf/NaN. It costs one I x I Jacobian and
+          solve per position.
         * ``"local_kl"``, ``"local_mse"``: the reference's local learning rules for dL/dW, with the
           approximate dL/dx.
       remat: with ``gradient="unrolled"``, rematerialise each iteration (``jax.checkpoint``) so the

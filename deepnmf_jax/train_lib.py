@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 import deepnmf_jax
 from deepnmf_jax import (
@@ -124,6 +124,7 @@ class Trainer:
             iterations=config.model.iterations,
             epsilon=config.model.epsilon,
             gradient=config.model.gradient,
+            remat=config.model.remat,
             batch_norm=config.model.batch_norm,
         )
         self.input_shape = (config.augment.crop_size, config.augment.crop_size, image_shape[-1])

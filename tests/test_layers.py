@@ -52,6 +52,30 @@ def test_grouped_nmf_is_per_group_nmf_concatenated_and_renormalised(getkey):
     np.testing.assert_allclose(out, jnp.concatenate(parts, -1) / 2, rtol=1e-14)
 
 
+def test_nmf_conv_probes_and_sown_input(getkey):
+    x = jax.random.uniform(getkey(), (2, 4, 4, 3), jnp.float64)
+    layer = layers.NMFConv(features=5, kernel_size=2, iterations=4, probes=True)
+    variables = layer.init(getkey(), x)
+    params, probes = variables["params"], variables["perturbations"]
+    g = jax.random.normal(getkey(), (2, 3, 3, 5), jnp.float64)
+
+    def loss(probes):
+        codes, state = layer.apply(
+            {"params": params, "perturbations": probes}, x, mutable=["intermediates"]
+        )
+        return jnp.sum(g * codes), state["intermediates"]["nmf_input"][0]
+
+    grads, nmf_input = jax.grad(loss, has_aux=True)(probes)
+    np.testing.assert_allclose(
+        nmf_input, nmf.l1_normalize(layers.extract_patches(x, 2)), rtol=1e-15
+    )
+    w = nmf.normalize_weight(params["kernel"]).astype(jnp.float64)
+    expected = jax.grad(lambda x_: jnp.sum(g * nmf.nmf_fixed_point(x_, w, iterations=4)))(nmf_input)
+    np.testing.assert_allclose(grads["nmf_input"], expected, rtol=1e-13)
+    np.testing.assert_allclose(grads["codes"], g, rtol=1e-15)  # dL/dh
+    assert "perturbations" not in layers.NMFConv(5, 2).init(getkey(), x)  # off by default
+
+
 def test_patch_conv_is_linear_map_of_l1_normalised_patches_with_torch_init(getkey):
     x = jax.random.uniform(getkey(), (2, 6, 6, 3), jnp.float64)
     layer = layers.PatchConv(features=4, kernel_size=3)
