@@ -14,6 +14,7 @@ This is how weights trained with the PyTorch code are brought over, and how pari
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from deepnmf_jax import models
+from deepnmf_jax import losses, models, nmf
 
 _PARAM_PREFIX = "param/"
 
@@ -149,4 +150,90 @@ def export_reference_params(model_name: str, tree: Mapping[str, Any], **model_ov
         out[_torch_name(path)] = _to_torch(
             np.asarray(value), _is_nmf(model, path), is_kernel=path[-1] == "kernel"
         )
+    return out
+
+
+# --- evaluating the reference fixtures (tests/fixtures/README.md) ------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("iterations",))
+def _layer_outputs(x_raw, u, upstream, iterations):
+    def objective(x_raw, u):
+        h = nmf.nmf_fixed_point(
+            nmf.l1_normalize(x_raw), nmf.normalize_weight(u), iterations=iterations
+        )
+        return jnp.sum(h * upstream), h
+
+    (_, h), (grad_x_raw, grad_u) = jax.value_and_grad(objective, (0, 1), has_aux=True)(x_raw, u)
+    x, w = nmf.l1_normalize(x_raw), nmf.normalize_weight(u)
+
+    def objective_xw(x, w):
+        return jnp.sum(upstream * nmf.nmf_fixed_point(x, w, iterations=iterations))
+
+    grad_x, grad_w = jax.grad(objective_xw, (0, 1))(x, w)
+    return {
+        "x": x,
+        "W": w,
+        "h": h,
+        "grad_x": grad_x,
+        "grad_x_raw": grad_x_raw,
+        "grad_W": grad_w,
+        "grad_U": grad_u,
+    }
+
+
+def layer_fixture_outputs(arrays: Mapping[str, Any], case: str, dtype=jnp.float64) -> dict:
+    """Recomputes one case of ``nnmf_layer.npz`` (L1 norm, W = normalize_weight(U), NMF, L = sum(h g)).
+
+    Returns ``x, W, h, grad_x, grad_x_raw, grad_W, grad_U`` as numpy arrays in the fixture's (torch)
+    layouts, for comparison with ``arrays[f"{case}/{name}"]``.
+    """
+    nhwc = lambda a: jnp.asarray(np.moveaxis(np.asarray(a), 1, -1), dtype)
+    out = _layer_outputs(
+        nhwc(arrays[f"{case}/x_raw"]),
+        jnp.asarray(np.asarray(arrays[f"{case}/U"]).T, dtype),
+        nhwc(arrays[f"{case}/g"]),
+        iterations=int(arrays[f"{case}/iterations"]),
+    )
+    return {
+        name: np.asarray(value).T
+        if name in ("W", "grad_W", "grad_U")
+        else np.moveaxis(np.asarray(value), -1, 1)
+        for name, value in out.items()
+    }
+
+
+@functools.cache
+def _model_outputs_fn(model_name: str, gradient: str):
+    model = models.build_model(model_name, gradient=gradient)
+
+    @jax.jit
+    def outputs(params, images, labels):
+        def objective(params):
+            probs, intermediates = model.apply(
+                {"params": params}, images, train=True, return_intermediates=True
+            )
+            return losses.reference_loss(probs, labels), (probs, intermediates)
+
+        (loss, (probs, intermediates)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return loss, probs, {k: v["out"] for k, v in intermediates.items()}, grads
+
+    return outputs
+
+
+def model_fixture_outputs(
+    model_name: str, arrays: Mapping[str, Any], dtype=jnp.float64, gradient: str = "approximate"
+) -> dict:
+    """Recomputes a ``model_<name>.npz`` fixture: the fixture's parameters and images, the reference
+    loss and one backward pass. Returns numpy arrays under the fixture's keys and layouts:
+    ``output/probs``, ``output/loss``, ``act/blockK.out`` (NCHW) and ``grad/<param>``."""
+    params = load_reference_params(model_name, arrays, dtype=dtype)["params"]
+    images = jnp.asarray(arrays["input/images"], dtype)
+    labels = jnp.asarray(arrays["input/labels"], jnp.int32)
+    loss, probs, acts, grads = _model_outputs_fn(model_name, gradient)(params, images, labels)
+    out = {"output/probs": np.asarray(probs), "output/loss": np.asarray(loss)}
+    out.update({f"act/{block}.out": np.moveaxis(np.asarray(a), -1, 1) for block, a in acts.items()})
+    out.update(
+        {f"grad/{name}": g for name, g in export_reference_params(model_name, grads).items()}
+    )
     return out

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepnmf_jax import losses, models, reference
+from deepnmf_jax import models, reference
 from tests.conftest import FIXTURES
 from tests.helpers import assert_close_to_reference, scaled_error
 
@@ -20,68 +20,40 @@ def _fixture(name):
     return dict(np.load(FIXTURES / f"model_{name}.npz"))
 
 
-@functools.cache
-def _loss_and_grads_fn(name, gradient="approximate"):
-    model = models.build_model(name, gradient=gradient)
-
-    @jax.jit
-    def loss_and_grads(params, images, labels):
-        def objective(params):
-            probs, intermediates = model.apply(
-                {"params": params}, images, train=True, return_intermediates=True
-            )
-            return losses.reference_loss(probs, labels), (probs, intermediates)
-
-        (loss, (probs, intermediates)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        acts = {k: v["out"] for k, v in intermediates.items()}
-        return loss, probs, acts, grads
-
-    return loss_and_grads
-
-
-def _run(name, dtype, gradient="approximate"):
-    fixture = _fixture(name)
-    variables = reference.load_reference_params(name, fixture, dtype=dtype)
-    images = jnp.asarray(fixture["input/images"], dtype)
-    labels = jnp.asarray(fixture["input/labels"], jnp.int32)
-    return _loss_and_grads_fn(name, gradient)(variables["params"], images, labels)
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_model_matches_reference_fixtures(name, dtype):
     fixture = _fixture(name)
-    loss, probs, acts, grads = _run(name, dtype)
-    assert probs.dtype == dtype and loss.dtype == dtype
-    assert_close_to_reference(probs, fixture["output/probs"], dtype, f"{name} probs")
+    out = reference.model_fixture_outputs(name, fixture, dtype)
+    assert out["output/probs"].dtype == dtype and out["output/loss"].dtype == dtype
+    assert_close_to_reference(out["output/probs"], fixture["output/probs"], dtype, f"{name} probs")
     loss_rtol = 1e-12 if dtype == np.float64 else 1e-6
-    np.testing.assert_allclose(float(loss), float(fixture["output/loss"]), rtol=loss_rtol)
+    np.testing.assert_allclose(out["output/loss"], fixture["output/loss"], rtol=loss_rtol)
     for block in range(1, 5):
-        ours = np.moveaxis(np.asarray(acts[f"block{block}"]), -1, 1)  # NHWC -> NCHW
-        ref = fixture[f"act/block{block}.out"]
-        assert_close_to_reference(ours, ref, dtype, f"{name} act block{block}")
+        key = f"act/block{block}.out"
+        assert_close_to_reference(out[key], fixture[key], dtype, f"{name} {key}")
 
-    exported = reference.export_reference_params(name, grads)
     names = [str(n) for n in fixture["meta/param_names"]]
-    assert sorted(exported) == sorted(names)
+    assert sorted(k for k in out if k.startswith("grad/")) == sorted(f"grad/{n}" for n in names)
     zero_grad = {str(n) for n in fixture["meta/zero_grad_params"]}
     largest = max(float(np.max(np.abs(fixture[f"grad/{n}"]))) for n in names)
     zero_bound = (1e-10 if dtype == np.float64 else 1e-5) * largest
     for param in names:
+        key = f"grad/{param}"
         if param in zero_grad:
-            assert float(np.max(np.abs(exported[param]))) <= zero_bound, param
+            assert float(np.max(np.abs(out[key]))) <= zero_bound, param
         else:
-            assert_close_to_reference(exported[param], fixture[f"grad/{param}"], dtype, param)
+            assert_close_to_reference(out[key], fixture[key], dtype, param)
 
 
 def test_unrolled_gradient_differs_from_the_reference():
     """The fixtures were made with the one-step backward; autodiff through the loop is different."""
     fixture = _fixture("cnmf")
-    _, probs, _, grads = _run("cnmf", np.float64, gradient="unrolled")
-    assert scaled_error(probs, fixture["output/probs"]) < 1e-12  # same forward
-    exported = reference.export_reference_params("cnmf", grads)
+    out = reference.model_fixture_outputs("cnmf", fixture, np.float64, gradient="unrolled")
+    assert scaled_error(out["output/probs"], fixture["output/probs"]) < 1e-12  # same forward
     for param in ("block1.a.weight", "block4.a.weight"):
-        assert scaled_error(exported[param], fixture[f"grad/{param}"]) > 0.5, param
+        key = f"grad/{param}"
+        assert scaled_error(out[key], fixture[key]) > 0.5, param
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

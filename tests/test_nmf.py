@@ -9,7 +9,7 @@ import pytest
 from jax.experimental import checkify
 from jax.test_util import check_grads
 
-from deepnmf_jax import nmf
+from deepnmf_jax import nmf, reference
 from tests.helpers import assert_close_to_reference, scaled_error
 
 CASES = [
@@ -22,74 +22,25 @@ CASES = [
 ]
 
 
-def _nchw_to_nhwc(a):
-    return np.moveaxis(np.asarray(a), 1, -1)
-
-
-def _nhwc_to_nchw(a):
-    return np.moveaxis(np.asarray(a), -1, 1)
-
-
-@functools.partial(jax.jit, static_argnames=("iterations",))
-def _layer_forward_and_grads(x_raw, u, upstream, iterations):
-    """The fixture's layer: L1 normalisation, normalize_weight, NMF; L = sum(h * g)."""
-
-    def objective(x_raw, u, x, w):
-        x = nmf.l1_normalize(x_raw) if x is None else x
-        w = nmf.normalize_weight(u) if w is None else w
-        h = nmf.nmf_fixed_point(x, w, iterations=iterations)
-        return jnp.sum(h * upstream), h
-
-    (_, h), (grad_x_raw, grad_u) = jax.value_and_grad(objective, (0, 1), has_aux=True)(
-        x_raw, u, None, None
-    )
-    x, w = nmf.l1_normalize(x_raw), nmf.normalize_weight(u)
-    grad_x, grad_w = jax.grad(lambda x, w: objective(None, None, x, w)[0], (0, 1))(x, w)
-    return {
-        "x": x,
-        "W": w,
-        "h": h,
-        "grad_x": grad_x,
-        "grad_x_raw": grad_x_raw,
-        "grad_W": grad_w,
-        "grad_U": grad_u,
-    }
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CASES)
 def test_layer_matches_reference_fixtures(layer_fixtures, case, dtype):
-    def ref(name):
-        return layer_fixtures[f"{case}/{name}"]
-
-    out = _layer_forward_and_grads(
-        jnp.asarray(_nchw_to_nhwc(ref("x_raw")), dtype),
-        jnp.asarray(ref("U").T, dtype),
-        jnp.asarray(_nchw_to_nhwc(ref("g")), dtype),
-        iterations=int(ref("iterations")),
-    )
-    for name in ("x", "h", "grad_x", "grad_x_raw"):
-        assert out[name].dtype == dtype
-        assert_close_to_reference(_nhwc_to_nchw(out[name]), ref(name), dtype, f"{case}/{name}")
-    for name in ("W", "grad_W", "grad_U"):  # ours (S, I), the reference's (I, S)
-        assert_close_to_reference(np.asarray(out[name]).T, ref(name), dtype, f"{case}/{name}")
+    out = reference.layer_fixture_outputs(layer_fixtures, case, dtype)
+    for name, value in out.items():
+        assert value.dtype == dtype
+        assert_close_to_reference(value, layer_fixtures[f"{case}/{name}"], dtype, f"{case}/{name}")
 
 
 def test_zero_patches_give_zero_codes_and_finite_gradients(layer_fixtures):
     case = "s75_i32_3x3_it20_zeropatch"
-    x_raw = _nchw_to_nhwc(layer_fixtures[f"{case}/x_raw"])
-    out = _layer_forward_and_grads(
-        jnp.asarray(x_raw),
-        jnp.asarray(layer_fixtures[f"{case}/U"].T),
-        jnp.asarray(_nchw_to_nhwc(layer_fixtures[f"{case}/g"])),
-        iterations=20,
-    )
-    zero = np.all(x_raw == 0, axis=-1)
+    out = reference.layer_fixture_outputs(layer_fixtures, case, np.float64)
+    zero = np.all(layer_fixtures[f"{case}/x_raw"] == 0, axis=1)  # (N, H, W): all-zero patches
     assert zero.sum() == 12
-    np.testing.assert_array_equal(np.asarray(out["h"])[zero], 0.0)
-    np.testing.assert_array_equal(np.asarray(out["grad_x_raw"])[zero], 0.0)
+    h, grad_x_raw = np.moveaxis(out["h"], 1, -1), np.moveaxis(out["grad_x_raw"], 1, -1)
+    np.testing.assert_array_equal(h[zero], 0.0)
+    np.testing.assert_array_equal(grad_x_raw[zero], 0.0)
     assert np.all(np.isfinite(out["grad_U"]))
-    np.testing.assert_allclose(np.asarray(out["h"])[~zero].sum(-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(h[~zero].sum(-1), 1.0, rtol=1e-12)
 
 
 def test_normalize_weight_by_hand():
