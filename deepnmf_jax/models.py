@@ -46,19 +46,26 @@ class BlockSpec:
 A_LAYERS = ("nmf", "conv")
 
 
+@dataclasses.dataclass(frozen=True)
+class NMFOptions:
+    """How every NMF layer of a network runs (see :class:`deepnmf_jax.layers.NMFConv`)."""
+
+    iterations: int = 20
+    epsilon: float | None = None
+    gradient: nmf.Gradient = "approximate"
+    remat: bool = False
+    check_inputs: bool = False
+    probes: bool = False
+
+
 class Block(nn.Module):
     """One block of the network (module docstring). Returns (output, intermediates)."""
 
     spec: BlockSpec
     a_layer: Literal["nmf", "conv"]
     mix: bool
-    iterations: int = 20
-    epsilon: float | None = None
-    gradient: nmf.Gradient = "approximate"
-    remat: bool = False
+    nmf_options: NMFOptions = NMFOptions()
     batch_norm: Literal["batch", "running"] = "batch"
-    check_inputs: bool = False
-    probes: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -70,14 +77,9 @@ class Block(nn.Module):
                 spec.kernel_size,
                 spec.strides,
                 spec.padding,
-                iterations=self.iterations,
-                epsilon=self.epsilon,
-                gradient=self.gradient,
-                remat=self.remat,
                 groups=spec.groups,
-                check_inputs=self.check_inputs,
-                probes=self.probes,
                 name="a",
+                **dataclasses.asdict(self.nmf_options),
             )(x)
         elif self.a_layer == "conv":
             a = layers.PatchConv(
@@ -116,14 +118,9 @@ class DeepNMF(nn.Module):
     blocks: Sequence[BlockSpec]
     a_layer: Literal["nmf", "conv"]
     mix: bool
-    iterations: int = 20
-    epsilon: float | None = None
-    gradient: nmf.Gradient = "approximate"
-    remat: bool = False
+    nmf_options: NMFOptions = NMFOptions()
     batch_norm: Literal["batch", "running"] = "batch"
     input_channels: int | None = None
-    check_inputs: bool = False
-    probes: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool, return_intermediates: bool = False) -> Any:
@@ -146,13 +143,8 @@ class DeepNMF(nn.Module):
                 spec,
                 self.a_layer,
                 self.mix,
-                iterations=self.iterations,
-                epsilon=self.epsilon,
-                gradient=self.gradient,
-                remat=self.remat,
-                batch_norm=self.batch_norm,
-                check_inputs=self.check_inputs,
-                probes=self.probes,
+                self.nmf_options,
+                self.batch_norm,
                 name=f"block{index}",
             )(x, train)
         if x.shape[1:3] != (1, 1):
@@ -235,14 +227,9 @@ def build_model(
         raise ValueError(f"batch_norm must be one of {layers.BATCH_NORM_MODES}, got {batch_norm!r}")
     return DeepNMF(
         blocks=paper_blocks(width, groups, num_classes),
-        iterations=iterations,
-        epsilon=epsilon,
-        gradient=gradient,
-        remat=remat,
+        nmf_options=NMFOptions(iterations, epsilon, gradient, remat, check_inputs, probes),
         batch_norm=batch_norm,
         input_channels=input_channels,
-        check_inputs=check_inputs,
-        probes=probes,
         **PAPER_MODELS[name],
     )
 

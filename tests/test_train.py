@@ -119,10 +119,15 @@ def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(tmp_path):
     overrides = {"model.name": "cnmf", "tensorboard": False}
     train_lib.train_and_evaluate(tiny_config(num_epochs=3, **overrides), tmp_path / "straight")
     train_lib.train_and_evaluate(tiny_config(num_epochs=2, **overrides), tmp_path / "resumed")
-    latest = max((tmp_path / "resumed" / "checkpoints").iterdir(), key=lambda p: int(p.name))
+    checkpoints = tmp_path / "resumed" / "checkpoints"
+    latest = max(checkpoints.iterdir(), key=lambda p: int(p.name))
     for file in (latest / "state").rglob("*"):
         if file.is_file():
             file.write_bytes(b"garbage")
+    # A save cut short by a kill leaves orbax's temporary folder, which must be ignored.
+    partial = checkpoints / "999.orbax-checkpoint-tmp-1"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "junk").write_bytes(b"partial")
     with pytest.warns(checkpointing.CheckpointWarning, match="could not be read"):
         train_lib.train_and_evaluate(tiny_config(num_epochs=3, **overrides), tmp_path / "resumed")
     assert_trees_equal(final_state(tmp_path / "straight"), final_state(tmp_path / "resumed"))
