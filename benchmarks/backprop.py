@@ -8,8 +8,9 @@ For CNN, CNN+1x1 (no NMF: one configuration each) and CNMF, CNMF+1x1 with the NM
 ``unrolled_remat`` (the same, each iteration rematerialised with ``jax.checkpoint``) and ``implicit``
 (exact fixed-point gradient), it measures in float32 on the local devices:
 
-* forward time (training mode), backward time (value-and-grad minus forward), and train-step time
-  (forward, backward and the Adam update), medians over ``--steps`` runs after ``--warmup``;
+* compile time of the value-and-grad program; forward time (training mode), backward time
+  (value-and-grad minus forward), and train-step time (forward, backward and the Adam update),
+  medians over ``--steps`` runs after ``--warmup``;
 * memory: XLA's compiled memory analysis of the value-and-grad program (temporaries, i.e. what is kept
   for the backward pass plus scratch) and the process's peak RSS.
 
@@ -96,7 +97,9 @@ def run_one(
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    start = time.perf_counter()
     memory = value_and_grad.lower(params).compile().memory_analysis()
+    compile_s = time.perf_counter() - start
     forward_s = _median_time(lambda: forward(params), steps, warmup)
     grad_s = _median_time(lambda: value_and_grad(params), steps, warmup)
     step_s = _median_time(lambda: train_step(params, opt_state), steps, warmup)
@@ -105,6 +108,7 @@ def run_one(
         "model": model_name,
         "gradient": gradient or "-",
         "batch": batch,
+        "compile_s": compile_s,
         "forward_s": forward_s,
         "backward_s": max(grad_s - forward_s, 0.0),
         "value_and_grad_s": grad_s,
@@ -154,7 +158,7 @@ def main(argv=None):
             print(f"measured {config} batch {batch}", file=sys.stderr, flush=True)
 
     print(
-        f"{'config':<24} {'batch':>5} {'fwd s':>7} {'bwd s':>7} {'step s':>7} {'XLA tmp MiB':>11} "
+        f"{'config':<24} {'batch':>5} {'compile s':>9} {'fwd s':>7} {'bwd s':>7} {'step s':>7} {'XLA tmp MiB':>11} "
         f"{'RSS MiB':>8} {'bwd/CNN':>8} {'step/CNN':>8} {'tmp/CNN':>8} {'RSS/CNN':>8}"
     )
     for row in rows:
@@ -165,7 +169,7 @@ def main(argv=None):
         row["xla_temp_vs_cnn"] = _ratio(row["xla_temp_mib"] or 0, ref.get("xla_temp_mib"))
         row["peak_rss_vs_cnn"] = _ratio(row["peak_rss_mib"], ref.get("peak_rss_mib"))
         print(
-            f"{row['config']:<24} {row['batch']:>5} {row['forward_s']:>7.3f} {row['backward_s']:>7.3f} "
+            f"{row['config']:<24} {row['batch']:>5} {row['compile_s']:>9.1f} {row['forward_s']:>7.3f} {row['backward_s']:>7.3f} "
             f"{row['train_step_s']:>7.3f} {row['xla_temp_mib'] or 0:>11.1f} {row['peak_rss_mib']:>8.0f} "
             f"{row['backward_vs_cnn']:>8.2f} {row['train_step_vs_cnn']:>8.2f} "
             f"{row['xla_temp_vs_cnn']:>8.2f} {row['peak_rss_vs_cnn']:>8.2f}"

@@ -241,6 +241,16 @@ def test_jit_equals_eager_and_vmap_equals_loop(small_problem):
         )
 
 
+@pytest.mark.parametrize("gradient", ["approximate", "unrolled", "implicit"])
+def test_composes_with_jax_checkpoint(small_problem, gradient):
+    x, w, g = small_problem
+    f = lambda x, w: jnp.sum(g * nmf.nmf_fixed_point(x, w, iterations=6, gradient=gradient))
+    for a, b in zip(
+        jax.grad(f, (0, 1))(x, w), jax.grad(jax.checkpoint(f), (0, 1))(x, w), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
+
+
 def test_no_recompilation_for_same_shapes(small_problem):
     x, w, _ = small_problem
     f = jax.jit(lambda x, w: nmf.nmf_fixed_point(x, w, iterations=3))
