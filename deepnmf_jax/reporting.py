@@ -108,9 +108,15 @@ def git_commit(directory: pathlib.Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def summarize(history: list[dict], seeds: list[int]) -> dict:
-    """Per-seed final and best test accuracy, and their mean and std over seeds."""
+def summarize(history: list[dict], seeds: list[int], stop_scale: float = 0.0) -> dict:
+    """Per-seed final and best test accuracy, and their mean and std over seeds.
+
+    ``stop_scale``: a seed whose plateau scale fell below it had finished (its parameters stay
+    frozen from then on); its last trained epoch is reported as ``epochs_trained``.
+    """
     accuracy = np.array([r["test_accuracy"] for r in history], np.float64)  # (epochs, seeds)
+    scales = np.array([r["lr_scale"] for r in history], np.float64)  # scale in force each epoch
+    trained = [int(np.sum(scales[:, k] >= stop_scale)) for k in range(len(seeds))]
     best_index = accuracy.argmax(0)
     per_seed = [
         {
@@ -119,6 +125,7 @@ def summarize(history: list[dict], seeds: list[int]) -> dict:
             "best_test_accuracy": float(accuracy[best_index[k], k]),
             "best_epoch": int(history[best_index[k]]["epoch"]),
             "final_train_loss": float(history[-1]["train_loss"][k]),
+            "epochs_trained": trained[k],
         }
         for k, seed in enumerate(seeds)
     ]

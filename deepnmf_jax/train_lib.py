@@ -133,6 +133,7 @@ class Trainer:
         self.plateau = optim.make_plateau(config.optim)
         self.loss_fn = losses.get_loss(config.loss)
         self.running_bn = config.model.batch_norm == "running"
+        self.largest_base_lr = max(optim.group_learning_rates(config.optim).values())
 
         self.mesh = parallel.make_mesh(
             config.num_seeds,
@@ -217,7 +218,10 @@ class Trainer:
             state.params
         )
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        # The plateau scale; a seed whose learning rates all fell below stop_lr is finished (as its
+        # own reference run would be) and stays frozen while the other seeds go on.
         scale = state.plateau_state.scale
+        scale = jnp.where(scale * self.largest_base_lr < self.config.optim.stop_lr, 0.0, scale)
         updates = jax.tree_util.tree_map(lambda u: (scale * u).astype(u.dtype), updates)
         new_state = state.replace(
             step=state.step + 1,
@@ -280,10 +284,14 @@ class Trainer:
         """Device values (possibly spread over processes) as host numpy arrays."""
         return jax.device_get(self._gather(tree))
 
+    def lr_scales(self, states: TrainState) -> np.ndarray:
+        """Each seed's plateau scale (its learning rates are the base rates times it)."""
+        return np.asarray(self.fetch(states.plateau_state.scale), np.float64)
+
     def learning_rates(self, states: TrainState) -> dict[str, float]:
-        """Each group's current learning rate (the same for every seed: one shared loss schedule
-        per seed, and the seeds reduce at their own epochs; this reports the largest)."""
-        scale = float(np.max(self.fetch(states.plateau_state.scale)))
+        """Each group's learning rate for the seed with the largest scale (every seed has its own
+        schedule, driven by its own loss)."""
+        scale = float(np.max(self.lr_scales(states)))
         return {g: lr * scale for g, lr in optim.group_learning_rates(self.config.optim).items()}
 
     def evaluate(self, states: TrainState, images: jax.Array, labels: jax.Array) -> np.ndarray:
@@ -493,6 +501,7 @@ class _Run:
         config, progress = self.config, self.progress
         epoch, first_step = progress.epoch + 1, progress.step_in_epoch
         self.learning_rates = self.trainer.learning_rates(self.states)
+        self.lr_scales = self.trainer.lr_scales(self.states)
         order = self.trainer.epoch_order(self.order_keys, epoch, len(self.data.train))
         self.start_time = time.perf_counter()
         self.loss_sum = np.asarray(progress.loss_sum, np.float64)
@@ -565,6 +574,7 @@ class _Run:
             "train_accuracy": (self.correct / num_train).tolist(),
             "test_accuracy": test_accuracy.tolist(),
             "learning_rates": self.learning_rates,
+            "lr_scale": self.lr_scales.tolist(),
             "epoch_time_s": time.perf_counter() - self.start_time,
             "train_images_per_s": self.train_images_per_s,
         }
@@ -650,7 +660,11 @@ def _finish(config, workdir: pathlib.Path, data, seeds, progress: _Progress) -> 
         },
         "epochs_completed": progress.epoch,
         "stopped_because": progress.stopped_because or "unknown",
-        **reporting.summarize(history, seeds),
+        **reporting.summarize(
+            history,
+            seeds,
+            config.optim.stop_lr / max(optim.group_learning_rates(config.optim).values()),
+        ),
     }
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     reporting.plot_learning_curves(

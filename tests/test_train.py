@@ -300,3 +300,16 @@ def test_cli_errors_are_clear(tmp_path):
         _cli(tmp_path, "--config.data.source=folder", f"--config.data.data_dir={tmp_path}/none")
     )
     assert code == 1 and "Provide it in one of three ways" in output and "Traceback" not in output
+
+
+def test_finished_seeds_are_frozen_and_the_run_stops(tmp_path):
+    """A seed whose every learning rate is below optim.stop_lr takes no more steps; once all seeds
+    are there the run ends (here from the start: stop_lr above the base learning rates)."""
+    config = tiny_config(num_seeds=2, num_epochs=3, tensorboard=False, **{"model.name": "cnmf"})
+    config.optim.stop_lr = 1.0
+    results = train_lib.train_and_evaluate(config, tmp_path)
+    assert results["epochs_completed"] == 1 and results["stopped_because"].startswith("every")
+    assert [s["epochs_trained"] for s in results["per_seed"]] == [0, 0]
+    trainer = train_lib.Trainer(config, 10, (32, 32, 3), steps_per_epoch=6)
+    initial = jax.device_get(trainer.init(trainer.seed_keys([21, 22])).params)
+    assert_trees_equal(final_state(tmp_path)["params"], initial)
