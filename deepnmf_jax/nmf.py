@@ -117,6 +117,24 @@ def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, precision=_HIGHEST)
 
 
+@jax.custom_jvp
+def _divide(x: jax.Array, reconstruction: jax.Array) -> jax.Array:
+    """``x / reconstruction`` whose derivative never squares the denominator.
+
+    Autodiff of a division computes ``x / r**2``: for an all-zero input, ``r = 1e-20`` and ``r**2``
+    underflows to 0 in float32, so unrolled gradients became 0/0 = NaN. Here
+    ``d(x/r) = (dx - (x/r) dr) / r``, exact and finite.
+    """
+    return x / reconstruction
+
+
+@_divide.defjvp
+def _divide_jvp(primals, tangents):
+    (x, reconstruction), (dx, dr) = primals, tangents
+    quotient = x / reconstruction
+    return quotient, (dx - quotient * dr) / reconstruction
+
+
 def nmf_update(h: jax.Array, x: jax.Array, w: jax.Array, epsilon: float | None = None) -> jax.Array:
     """One renormalised multiplicative update ``F(h, x, W)``, exactly as the reference writes it.
 
@@ -131,7 +149,7 @@ def nmf_update(h: jax.Array, x: jax.Array, w: jax.Array, epsilon: float | None =
       the next code, shape (..., I), summing to 1 (or 0 where ``x`` is 0).
     """
     reconstruction = _matmul(h, w.T) + RECON_EPS
-    drive = _matmul(x / reconstruction, w)
+    drive = _matmul(_divide(x, reconstruction), w)
     h = h * drive if epsilon is None else h * (1 + epsilon * drive)
     return l1_normalize(h)
 

@@ -43,6 +43,24 @@ def test_zero_patches_give_zero_codes_and_finite_gradients(layer_fixtures):
     np.testing.assert_allclose(h[~zero].sum(-1), 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("gradient", ["unrolled", "implicit"])
+def test_float32_zero_patches_give_finite_gradients_in_every_mode(layer_fixtures, gradient):
+    """An all-zero patch has R = 1e-20, and R**2 underflows in float32: no derivative may square it."""
+    case = "s75_i32_3x3_it20_zeropatch"
+    x_raw = jnp.asarray(np.moveaxis(layer_fixtures[f"{case}/x_raw"], 1, -1), jnp.float32)
+    u = jnp.asarray(layer_fixtures[f"{case}/U"].T, jnp.float32)
+    g = jnp.asarray(np.moveaxis(layer_fixtures[f"{case}/g"], 1, -1), jnp.float32)
+
+    def objective(x_raw, u):
+        x, w = nmf.l1_normalize(x_raw), nmf.normalize_weight(u)
+        return jnp.sum(g * nmf.nmf_fixed_point(x, w, iterations=20, gradient=gradient))
+
+    grad_x_raw, grad_u = jax.jit(jax.grad(objective, (0, 1)))(x_raw, u)
+    assert bool(jnp.all(jnp.isfinite(grad_x_raw))) and bool(jnp.all(jnp.isfinite(grad_u)))
+    zero = np.all(np.asarray(x_raw) == 0, axis=-1)
+    np.testing.assert_array_equal(np.asarray(grad_x_raw)[zero], 0.0)
+
+
 def test_normalize_weight_by_hand():
     u = jnp.array([[1.0, -2.0], [3.0, 0.0]])
     np.testing.assert_allclose(nmf.normalize_weight(u), [[0.25, 1.0], [0.75, 0.0]], rtol=1e-15)
