@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import os
+import pathlib
 import pickle
 import tarfile
 import threading
@@ -250,3 +251,31 @@ def test_bad_arguments():
         input_pipeline.load_dataset("cifar10", source="web")
     with pytest.raises(ValueError, match="CIFAR-10 only"):
         input_pipeline.load_dataset("cifar100", source="sample")
+
+
+SHARED_CIFAR10 = (
+    pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10"
+)
+
+
+@pytest.mark.skipif(
+    not (SHARED_CIFAR10 / "cifar-10-python.tar.gz").exists(),
+    reason="the real CIFAR-10 archive is not beside the checkout",
+)
+def test_real_cifar10_archive_decodes_to_the_published_checksums():
+    data = input_pipeline.load_dataset("cifar10", source="folder", data_dir=str(SHARED_CIFAR10))
+    digests = [
+        hashlib.sha256(array.tobytes()).hexdigest()
+        for array in (
+            data.train.images,
+            data.train.labels.astype(np.uint8),
+            data.test.images,
+            data.test.labels.astype(np.uint8),
+        )
+    ]
+    assert digests == [
+        "47af8b02cfcfb6cdf3dbbd1969ad7f1b70f4413f6f80f437b020ee4e5bc8304a",
+        "2b7cd2f24487317614016b72ffd53071c3062f592f0eb300c18a770d41ae1253",
+        "f9b1e2130bab680db56eb06d886f7f1ad0f1183907ceff4659d1735c890f5b04",
+        "cec8a24a1e92aa2ecaa0bbd3dbfa86bf6cd8759fbd209a832824c8cf0afca9d5",
+    ]
