@@ -63,6 +63,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.plateau_cooldown = 0
     config.optim.stop_lr = 1e-9  # stop when every learning rate is below this
 
+    # How the seeds run inside one step: "vmap" (batched), "map" (one after another), or "auto"
+    # (map on a CPU whose seed axis is not split over devices: XLA's CPU backend is slow on the
+    # batched NMF products; vmap elsewhere).
+    config.seed_loop = "auto"
+
     config.mesh = ml_collections.ConfigDict()
     config.mesh.seed_devices = 0  # devices the seed axis is split over (0: automatic, seeds first)
     config.mesh.data_devices = 0  # devices each batch is split over (0: automatic)

@@ -149,3 +149,20 @@ def test_two_processes_behave_as_one(tmp_path):
     assert len((tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()) == 2
     assert "epoch 1:" in outputs[0] and "epoch 1:" not in outputs[1]
     _assert_close(final_state(tmp_path / "multi"), final_state(tmp_path / "single"))
+
+
+def test_seed_loop_map_equals_vmap(tmp_path):
+    overrides = {"model.name": "cnmf", "num_seeds": 2, "tensorboard": False, "mesh.seed_devices": 1}
+    for loop in ("map", "vmap"):
+        train_lib.train_and_evaluate(tiny_config(seed_loop=loop, **overrides), tmp_path / loop)
+    _assert_close(final_state(tmp_path / "map"), final_state(tmp_path / "vmap"))
+
+
+def test_seed_loop_choice():
+    mesh_1 = parallel.make_mesh(2, 10, seed_devices=1, data_devices=1)
+    mesh_2 = parallel.make_mesh(2, 10, seed_devices=2, data_devices=1)
+    assert train_lib._seed_loop("auto", mesh_1) == "map"  # CPU, seeds on one device
+    assert train_lib._seed_loop("auto", mesh_2) == "vmap"  # seeds split over devices
+    assert train_lib._seed_loop("vmap", mesh_1) == "vmap"
+    with pytest.raises(train_lib.ConfigError, match="seed_loop"):
+        train_lib._seed_loop("scan", mesh_1)
