@@ -3,7 +3,8 @@
     python benchmarks/train_step.py                          # all four models, 1 and 5 seeds
     python benchmarks/train_step.py --models cnmf_1x1 --seeds 1 --steps 5 --out /tmp/bench.json
 
-Synthetic uint8 CIFAR-shaped data (the step's cost does not depend on pixel values). Each
+The seeds run as ``config.seed_loop="auto"`` picks (``lax.map`` on a CPU, ``vmap`` on accelerators;
+recorded per row). Synthetic uint8 CIFAR-shaped data (the step's cost does not depend on pixel values). Each
 configuration is compiled, warmed up, then timed over ``--steps`` steps (median). Images/s counts every
 seed's images (batch x seeds per step). The last column extrapolates one CIFAR-10 epoch: 1000 train
 steps + 200 eval batches of 50 (data loading is free: the split lives on the device). Prints a table
@@ -88,6 +89,7 @@ def benchmark(
         "batch": batch,
         "parameters": models.count_params(states.params) // seeds,
         "mesh": dict(trainer.mesh.shape),
+        "seed_loop": trainer.seed_loop,
         "compile_s": compile_s,
         "step_s": step_s,
         "images_per_s": batch * seeds / step_s,
