@@ -14,15 +14,12 @@ previous one is used, with a warning.
 
 from __future__ import annotations
 
-import logging
 import pathlib
 import warnings
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-
-log = logging.getLogger(__name__)
 
 
 class CheckpointWarning(UserWarning):
@@ -32,7 +29,7 @@ class CheckpointWarning(UserWarning):
 class Checkpoints:
     """The latest-two and best checkpoints of one run."""
 
-    def __init__(self, workdir: str | pathlib.Path, primary_host: bool = True):
+    def __init__(self, workdir: str | pathlib.Path):
         workdir = pathlib.Path(workdir).absolute()
         # Synchronous: the state is small, and the train step donates its buffers right after a save.
         options = dict(create=True, enable_async_checkpointing=False)
@@ -42,7 +39,6 @@ class Checkpoints:
         self.best = ocp.CheckpointManager(
             workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **options)
         )
-        self.primary_host = primary_host
 
     @staticmethod
     def _args(state, meta):
