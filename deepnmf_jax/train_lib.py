@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import traverse_util
 from tqdm import tqdm
 
 import deepnmf_jax
@@ -408,7 +409,8 @@ def _check_config_matches(workdir: pathlib.Path, config, write: bool = True) -> 
     current = json.loads(config.to_json_best_effort())
     if path.exists():
         saved = json.loads(path.read_text())
-        saved, current_flat = _flatten(saved), _flatten(current)
+        saved = traverse_util.flatten_dict(saved, sep=".")
+        current_flat = traverse_util.flatten_dict(current, sep=".")
         differ = sorted(
             k
             for k in saved.keys() | current_flat.keys()
@@ -421,16 +423,6 @@ def _check_config_matches(workdir: pathlib.Path, config, write: bool = True) -> 
             )
     if write:
         path.write_text(json.dumps(current, indent=2, sort_keys=True))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _load_data(config) -> input_pipeline.Dataset:

@@ -5,17 +5,14 @@ over devices (or a seed axis of 2 into two of 1) changes the order in which XLA 
 g / sqrt(v) amplifies those last-bit differences in tiny entries over the steps of a run.
 """
 
-import os
 import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from deepnmf_jax import parallel, train_lib
-from tests.test_train import ROOT, final_state, tiny_config
+from tests.test_train import _cli, final_state, tiny_config
 
 
 def test_mesh_shape_rules():
@@ -96,35 +93,23 @@ def _free_port():
         return s.getsockname()[1]
 
 
+MESH_FLAGS = (
+    "--config.num_seeds=2",
+    "--config.num_epochs=2",
+    "--config.batch_size=10",
+    "--config.model.name=cnmf",
+    "--config.model.width=0.125",
+    "--config.data.train_limit=60",
+    "--config.data.test_limit=50",
+    "--config.progress=False",
+    "--config.tensorboard=False",
+    "--config.mesh.seed_devices=2",
+    "--config.mesh.data_devices=2",
+)
+
+
 def _train_process(workdir, devices, *flags):
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    )
-    command = [
-        sys.executable,
-        "train.py",
-        "--config=configs/cifar10.py:sample",
-        f"--workdir={workdir}",
-        "--config.num_seeds=2",
-        "--config.num_epochs=2",
-        "--config.batch_size=10",
-        "--config.model.name=cnmf",
-        "--config.model.width=0.125",
-        "--config.data.train_limit=60",
-        "--config.data.test_limit=50",
-        "--config.progress=False",
-        "--config.tensorboard=False",
-        "--config.mesh.seed_devices=2",
-        "--config.mesh.data_devices=2",
-        *flags,
-    ]
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    return _cli(workdir, *flags, base_flags=MESH_FLAGS, devices=devices)
 
 
 def test_two_processes_behave_as_one(tmp_path):

@@ -33,12 +33,16 @@ TINY = {
 }
 
 
-def tiny_config(**overrides):
-    config = cifar10.get_config("sample")
-    for key, value in {**TINY, **overrides}.items():
+def with_overrides(config, overrides):
+    """Sets dotted keys ("model.name") of a config, like --config.KEY=VALUE flags."""
+    for key, value in overrides.items():
         section, _, leaf = key.rpartition(".")
         (config[section] if section else config)[leaf] = value
     return config
+
+
+def tiny_config(**overrides):
+    return with_overrides(cifar10.get_config("sample"), {**TINY, **overrides})
 
 
 def final_state(workdir):
@@ -163,16 +167,8 @@ def test_fashion_mnist_config_on_generated_files(tmp_path):
         (tmp_path / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(
             _idx(rng.integers(0, 10, n, dtype=np.uint8), 2049)
         )
-    config = fashion_mnist.get_config()
-    for key, value in {
-        **TINY,
-        "data.source": "folder",
-        "data.data_dir": str(tmp_path),
-        "model.name": "cnn",
-    }.items():
-        section, _, leaf = key.rpartition(".")
-        (config[section] if section else config)[leaf] = value
-    config.tensorboard = False
+    overrides = {"data.source": "folder", "data.data_dir": str(tmp_path), "model.name": "cnn"}
+    config = with_overrides(fashion_mnist.get_config(), {**TINY, **overrides, "tensorboard": False})
     results = train_lib.train_and_evaluate(config, tmp_path / "run")
     assert results["dataset"]["train_size"] == 40 and results["dataset"]["name"] == "fashion_mnist"
 
@@ -213,14 +209,17 @@ CLI_FLAGS = [
 ]
 
 
-def _cli(workdir, *flags, **popen):
-    env = dict(os.environ)
-    env.update(
+def _cli(workdir, *flags, base_flags=CLI_FLAGS, devices=None):
+    """``python train.py`` on the sample in a subprocess (sharing the compilation cache)."""
+    env = dict(
+        os.environ,
         JAX_PLATFORMS="cpu",
         JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         PYTHONUNBUFFERED="1",
     )
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     command = [
         sys.executable,
         "train.py",
@@ -228,13 +227,12 @@ def _cli(workdir, *flags, **popen):
         f"--workdir={workdir}",
     ]
     return subprocess.Popen(
-        [*command, *CLI_FLAGS, *flags],
+        [*command, *base_flags, *flags],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        **popen,
     )
 
 
