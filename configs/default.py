@@ -29,6 +29,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.gradient = "approximate"
     config.model.remat = False  # with gradient="unrolled": rematerialise each NMF iteration
     config.model.batch_norm = "batch"  # "batch" (reference) | "running"
+    # NMF loops run over chunks of positions of about this many bytes (cache-sized); None:
+    # automatic (16 MiB on a CPU, no chunking on accelerators), 0: never.
+    config.model.chunk_bytes = config_dict.placeholder(int)
+    # Matrix products of the NMF loops: "float32" (HIGHEST) | "bfloat16" (mixed: bf16 inputs,
+    # float32 accumulation; h and the divisions stay float32) | "tf32" (Precision.DEFAULT)
+    config.model.precision = "float32"
+    # CNN a-layers: "matmul" (raw patches @ W / patch sums) | "conv" (a convolution / patch sums)
+    # | "patches" (the reference's order: normalise each patch, then the linear map); all equal
+    config.model.patch_conv = "matmul"
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"  # cifar10 | cifar100 | fashion_mnist

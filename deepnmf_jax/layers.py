@@ -20,120 +20,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from deepnmf_jax import nmf
+from deepnmf_jax import nmf, patches
+from deepnmf_jax.patches import KernelSize, extract_patches, group_l1_normalize, grouped_linear
 
-KernelSize = int | Sequence[int] | Literal["full"]
 BATCH_NORM_MODES = ("batch", "running")
-
-
-def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair):
-        raise ValueError(f"{what} must be a non-negative int or a pair of them, got {value!r}")
-    return pair
-
-
-def extract_patches(
-    x: jax.Array,
-    kernel_size: KernelSize,
-    strides: int | Sequence[int] = 1,
-    padding: int | Sequence[int] = 0,
-    method: Literal["slices", "conv"] = "slices",
-) -> jax.Array:
-    """Extracts every kh x kw patch of an NHWC image, as torch's ``Unfold`` does.
-
-    Args:
-      x: images of shape (N, H, W, C).
-      kernel_size: an int, a pair, or ``"full"`` for the whole (padded) input (the reference's -1).
-      strides: an int or a pair.
-      padding: zero padding on each side, an int or a pair.
-      method: ``"slices"`` stacks kh*kw strided slices (its transpose is padding and adds, which is
-        much cheaper on CPU than the transpose of a convolution); ``"conv"`` uses
-        ``jax.lax.conv_general_dilated_patches``. Both give identical values.
-
-    Returns:
-      patches of shape (N, H', W', C*kh*kw), features ordered channel-major (c, ki, kj).
-    """
-    if x.ndim != 4:
-        raise ValueError(f"extract_patches expects NHWC images of rank 4, got shape {x.shape}")
-    pad_h, pad_w = _pair(padding, "padding")
-    height, width = x.shape[1] + 2 * pad_h, x.shape[2] + 2 * pad_w
-    kh, kw = (height, width) if kernel_size == "full" else _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(strides, "strides")
-    if kh < 1 or kw < 1 or sh < 1 or sw < 1:
-        raise ValueError(f"kernel_size and strides must be >= 1, got {kernel_size!r}, {strides!r}")
-    if kh > height or kw > width:
-        raise ValueError(
-            f"kernel {kh}x{kw} is larger than the padded input {height}x{width} (input {x.shape})"
-        )
-    out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
-    channels = x.shape[-1]
-    if method == "conv":
-        patches = lax.conv_general_dilated_patches(
-            x,
-            (kh, kw),
-            (sh, sw),
-            ((pad_h, pad_h), (pad_w, pad_w)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=lax.Precision.HIGHEST,
-        )
-        return patches
-    if method != "slices":
-        raise ValueError(f"method must be 'slices' or 'conv', got {method!r}")
-    x = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
-    slices = [
-        x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    stacked = jnp.stack(slices, axis=-1)  # (N, H', W', C, kh*kw)
-    return stacked.reshape(x.shape[0], out_h, out_w, channels * kh * kw)
-
-
-def _check_groups(groups: int, in_channels: int, out_features: int, layer: str) -> None:
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"{layer}: groups must be a positive int, got {groups!r}")
-    if in_channels % groups or out_features % groups:
-        raise ValueError(
-            f"{layer}: groups={groups} must divide both the input channels ({in_channels}) and "
-            f"the output features ({out_features})"
-        )
-
-
-def _split_groups(x: jax.Array, groups: int) -> jax.Array:
-    """(..., S) -> (..., G, S/G)."""
-    return x.reshape(x.shape[:-1] + (groups, x.shape[-1] // groups))
-
-
-def _merge_groups(x: jax.Array) -> jax.Array:
-    """(..., G, F/G) -> (..., F)."""
-    return x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
-
-
-def _kernel_shape(in_features: int, out_features: int, groups: int) -> tuple[int, ...]:
-    if groups == 1:
-        return (in_features, out_features)
-    return (groups, in_features // groups, out_features // groups)
-
-
-def grouped_linear(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``x @ kernel`` for a kernel (S, F), or block-diagonal for a grouped kernel (G, S/G, F/G)."""
-    batch_shape = x.shape[:-1]
-    x = x.reshape(-1, x.shape[-1])  # flat positions: much faster on CPU, above all under vmap
-    if kernel.ndim == 2:
-        out = jnp.matmul(x, kernel, precision=lax.Precision.HIGHEST)
-    else:
-        out = jnp.einsum(
-            "pgs,gsf->pgf", _split_groups(x, kernel.shape[0]), kernel, precision="highest"
-        )
-    return out.reshape(*batch_shape, -1)
-
-
-def group_l1_normalize(x: jax.Array, groups: int) -> jax.Array:
-    """L1-normalises each of the G contiguous groups of the last axis on its own."""
-    if groups == 1:
-        return nmf.l1_normalize(x)
-    return _merge_groups(nmf.l1_normalize(_split_groups(x, groups)))
+PATCH_CONV_METHODS = ("matmul", "conv", "patches")
 
 
 def _per_channel(v: jax.Array, like: jax.Array) -> jax.Array:
@@ -169,7 +60,8 @@ class NMFConv(nn.Module):
     Attributes:
       features: number of NMF hidden units F (output channels).
       kernel_size, strides, padding: as :func:`extract_patches` (``"full"``: the whole input).
-      iterations, epsilon, gradient, remat, check_inputs: passed to :func:`nmf.nmf_fixed_point`.
+      iterations, epsilon, gradient, remat, check_inputs, chunk_bytes, precision: passed to
+        :func:`nmf.nmf_fixed_point`.
       groups: grouped NMF (module docstring); 1 is the paper's layer.
       probes: add zero "perturbations" to the NMF input x and the codes h (``nn.Module.perturb``),
         so that ``jax.grad`` with respect to the ``perturbations`` collection returns dL/dx and
@@ -191,18 +83,20 @@ class NMFConv(nn.Module):
     groups: int = 1
     check_inputs: bool = False
     probes: bool = False
+    chunk_bytes: int | None = None
+    precision: nmf.Precision = "float32"
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps (N, H, W, C) non-negative inputs to codes (N, H', W', F) that sum to 1 over F."""
-        patches = extract_patches(x, self.kernel_size, self.strides, self.padding)
-        in_features = patches.shape[-1]
-        _check_groups(self.groups, x.shape[-1], self.features, f"NMFConv {self.name}")
+        patch_features = extract_patches(x, self.kernel_size, self.strides, self.padding)
+        in_features = patch_features.shape[-1]
+        patches.check_groups(self.groups, x.shape[-1], self.features, f"NMFConv {self.name}")
         u = self.param(
             "kernel",
             uniform(0.0, 1.0),
-            _kernel_shape(in_features, self.features, self.groups),
+            patches.kernel_shape(in_features, self.features, self.groups),
             self.param_dtype,
         )
         w = nmf.normalize_weight(u).astype(x.dtype)
@@ -214,9 +108,11 @@ class NMFConv(nn.Module):
             gradient=self.gradient,
             remat=self.remat,
             check_inputs=self.check_inputs,
+            chunk_bytes=self.chunk_bytes,
+            precision=self.precision,
             name=self.name or "nmf",
         )
-        inputs = group_l1_normalize(patches, self.groups)
+        inputs = group_l1_normalize(patch_features, self.groups)
         if self.probes:
             inputs = self.perturb("nmf_input", inputs)
         self.sow("intermediates", "nmf_input", inputs)
@@ -224,7 +120,9 @@ class NMFConv(nn.Module):
             codes = run(inputs, w)
         else:
             grouped = jax.vmap(run, in_axes=(-2, 0), out_axes=-2)
-            codes = nmf.l1_normalize(_merge_groups(grouped(_split_groups(inputs, self.groups), w)))
+            codes = nmf.l1_normalize(
+                patches.merge_groups(grouped(patches.split_groups(inputs, self.groups), w))
+            )
         return self.perturb("codes", codes) if self.probes else codes
 
 
@@ -233,6 +131,13 @@ class PatchConv(nn.Module):
 
     Equivalent to the reference's ``Conv2d(C*k*k -> F, 1x1)`` on the unfolded, per-patch normalised
     input, initialised like torch's Conv2d: weight and bias ~ U(+-1/sqrt(fan_in)), fan_in = S/G.
+
+    Attributes:
+      method: how the map is computed, all equal up to rounding (tested in float64):
+        ``"matmul"`` (default): the raw patches times the kernel, divided by the patch sums
+        (:func:`deepnmf_jax.patches.normalized_patch_map`); ``"conv"``: a convolution of the image
+        divided by the patch sums, no patches at all; ``"patches"``: the reference's order,
+        normalise every patch, then the linear map.
     """
 
     features: int
@@ -241,22 +146,29 @@ class PatchConv(nn.Module):
     padding: int | Sequence[int] = 0
     groups: int = 1
     use_bias: bool = True
+    method: Literal["matmul", "conv", "patches"] = "matmul"
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps (N, H, W, C) to (N, H', W', F)."""
-        patches = extract_patches(x, self.kernel_size, self.strides, self.padding)
-        in_features = patches.shape[-1]
-        _check_groups(self.groups, x.shape[-1], self.features, f"PatchConv {self.name}")
+        if self.method not in PATCH_CONV_METHODS:
+            raise ValueError(f"method must be one of {PATCH_CONV_METHODS}, got {self.method!r}")
+        geometry = patches.patch_geometry(x.shape, self.kernel_size, self.strides, self.padding)
+        in_features = x.shape[-1] * geometry.kernel[0] * geometry.kernel[1]
+        patches.check_groups(self.groups, x.shape[-1], self.features, f"PatchConv {self.name}")
         bound = (self.groups / in_features) ** 0.5
         kernel = self.param(
             "kernel",
             uniform(-bound, bound),
-            _kernel_shape(in_features, self.features, self.groups),
+            patches.kernel_shape(in_features, self.features, self.groups),
             self.param_dtype,
-        )
-        y = grouped_linear(group_l1_normalize(patches, self.groups), kernel.astype(x.dtype))
+        ).astype(x.dtype)
+        if self.method in patches.LINEAR_MAPS:
+            y = patches.normalized_patch_map(x, kernel, geometry, self.groups, self.method)
+        else:
+            patch_features = extract_patches(x, self.kernel_size, self.strides, self.padding)
+            y = grouped_linear(group_l1_normalize(patch_features, self.groups), kernel)
         if self.use_bias:
             bias = self.param("bias", uniform(-bound, bound), (self.features,), self.param_dtype)
             y = y + _per_channel(bias, y)
@@ -279,8 +191,8 @@ class Mix1x1(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps (..., C) to (..., C)."""
         channels = x.shape[-1]
-        _check_groups(self.groups, channels, channels, f"Mix1x1 {self.name}")
-        shape = _kernel_shape(channels, channels, self.groups)
+        patches.check_groups(self.groups, channels, channels, f"Mix1x1 {self.name}")
+        shape = patches.kernel_shape(channels, channels, self.groups)
 
         def kernel_init(key, shape, dtype):
             eye = jnp.broadcast_to(jnp.eye(shape[-1], dtype=dtype), shape)

@@ -56,6 +56,8 @@ class NMFOptions:
     remat: bool = False
     check_inputs: bool = False
     probes: bool = False
+    chunk_bytes: int | None = None  # None: automatic (nmf.nmf_fixed_point); 0: no chunking
+    precision: nmf.Precision = "float32"  # of the NMF loops' matrix products
 
 
 class Block(nn.Module):
@@ -66,6 +68,7 @@ class Block(nn.Module):
     mix: bool
     nmf_options: NMFOptions = NMFOptions()
     batch_norm: Literal["batch", "running"] = "batch"
+    patch_conv: Literal["matmul", "conv", "patches"] = "matmul"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -88,6 +91,7 @@ class Block(nn.Module):
                 spec.strides,
                 spec.padding,
                 groups=spec.groups,
+                method=self.patch_conv,
                 name="a",
             )(x)
         else:
@@ -120,6 +124,7 @@ class DeepNMF(nn.Module):
     mix: bool
     nmf_options: NMFOptions = NMFOptions()
     batch_norm: Literal["batch", "running"] = "batch"
+    patch_conv: Literal["matmul", "conv", "patches"] = "matmul"
     input_channels: int | None = None
 
     @nn.compact
@@ -145,6 +150,7 @@ class DeepNMF(nn.Module):
                 self.mix,
                 self.nmf_options,
                 self.batch_norm,
+                self.patch_conv,
                 name=f"block{index}",
             )(x, train)
         if x.shape[1:3] != (1, 1):
@@ -198,6 +204,9 @@ def build_model(
     batch_norm: Literal["batch", "running"] = "batch",
     check_inputs: bool = False,
     probes: bool = False,
+    chunk_bytes: int | None = None,
+    precision: nmf.Precision = "float32",
+    patch_conv: Literal["matmul", "conv", "patches"] = "matmul",
 ) -> DeepNMF:
     """Builds one of the paper's models by name: ``"cnn" | "cnmf" | "cnn_1x1" | "cnmf_1x1"``.
 
@@ -213,6 +222,11 @@ def build_model(
       batch_norm: ``"batch"`` (the reference's batch statistics everywhere) or ``"running"``.
       check_inputs: checkify checks in every NMF layer (see :func:`deepnmf_jax.nmf.checked`).
       probes: gradient probes in every NMF layer (:class:`deepnmf_jax.layers.NMFConv`).
+      chunk_bytes: working set per chunk of positions of the NMF loops
+        (:func:`deepnmf_jax.nmf.nmf_fixed_point`; None: automatic, 0: no chunking).
+      precision: of the NMF loops' matrix products: ``"float32"``, ``"bfloat16"`` (mixed) or
+        ``"tf32"`` (:func:`deepnmf_jax.nmf.nmf_fixed_point`).
+      patch_conv: how the CNN a-layers compute (:class:`deepnmf_jax.layers.PatchConv`).
 
     Returns:
       the :class:`DeepNMF` module; ``model.apply(variables, images, train=bool)`` -> probabilities.
@@ -223,11 +237,20 @@ def build_model(
         raise ValueError(f"gradient must be one of {nmf.GRADIENT_MODES}, got {gradient!r}")
     if remat and gradient != "unrolled":
         raise ValueError(f"remat=True only applies to gradient='unrolled', got {gradient!r}")
+    if precision not in nmf.PRECISIONS:
+        raise ValueError(f"precision must be one of {nmf.PRECISIONS}, got {precision!r}")
+    if patch_conv not in layers.PATCH_CONV_METHODS:
+        raise ValueError(
+            f"patch_conv must be one of {layers.PATCH_CONV_METHODS}, got {patch_conv!r}"
+        )
     if batch_norm not in layers.BATCH_NORM_MODES:
         raise ValueError(f"batch_norm must be one of {layers.BATCH_NORM_MODES}, got {batch_norm!r}")
     return DeepNMF(
         blocks=paper_blocks(width, groups, num_classes),
-        nmf_options=NMFOptions(iterations, epsilon, gradient, remat, check_inputs, probes),
+        nmf_options=NMFOptions(
+            iterations, epsilon, gradient, remat, check_inputs, probes, chunk_bytes, precision
+        ),
+        patch_conv=patch_conv,
         batch_norm=batch_norm,
         input_channels=input_channels,
         **PAPER_MODELS[name],

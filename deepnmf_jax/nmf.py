@@ -49,14 +49,18 @@ from jax import lax
 from jax.experimental import checkify
 
 __all__ = [
+    "DEFAULT_CHUNK_BYTES",
     "GRADIENT_MODES",
     "NORM_EPS",
+    "PRECISIONS",
     "RECON_EPS",
     "checked",
+    "divide",
     "l1_normalize",
     "nmf_fixed_point",
     "nmf_update",
     "normalize_weight",
+    "num_chunks",
 ]
 
 NORM_EPS = 1e-19
@@ -113,29 +117,47 @@ def _l1_normalize_jvp(axis, primals, tangents):
     return y, dy
 
 
-def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.matmul(a, b, precision=_HIGHEST)
+PRECISIONS = ("float32", "bfloat16", "tf32")
+"""How the matrix products of the NMF loop run (see :func:`nmf_fixed_point`)."""
+Precision = Literal["float32", "bfloat16", "tf32"]
+
+
+def _matmul(a: jax.Array, b: jax.Array, precision: Precision = "float32") -> jax.Array:
+    """``a @ b``: HIGHEST precision, or bfloat16 inputs / ``Precision.DEFAULT`` (TF32 on NVIDIA
+    GPUs) with accumulation and result in the inputs' dtype."""
+    if precision == "float32":
+        return jnp.matmul(a, b, precision=_HIGHEST)
+    out_dtype = jnp.result_type(a, b)
+    if precision == "bfloat16":
+        a, b = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    return jnp.matmul(a, b, precision=lax.Precision.DEFAULT, preferred_element_type=out_dtype)
 
 
 @jax.custom_jvp
-def _divide(x: jax.Array, reconstruction: jax.Array) -> jax.Array:
+def divide(x: jax.Array, reconstruction: jax.Array) -> jax.Array:
     """``x / reconstruction`` whose derivative never squares the denominator.
 
     Autodiff of a division computes ``x / r**2``: for an all-zero input, ``r = 1e-20`` and ``r**2``
     underflows to 0 in float32, so unrolled gradients became 0/0 = NaN. Here
-    ``d(x/r) = (dx - (x/r) dr) / r``, exact and finite.
+    ``d(x/r) = (dx - (x/r) dr) / r``, exact and finite. Shapes broadcast as in ``x / r``.
     """
     return x / reconstruction
 
 
-@_divide.defjvp
+@divide.defjvp
 def _divide_jvp(primals, tangents):
     (x, reconstruction), (dx, dr) = primals, tangents
     quotient = x / reconstruction
     return quotient, (dx - quotient * dr) / reconstruction
 
 
-def nmf_update(h: jax.Array, x: jax.Array, w: jax.Array, epsilon: float | None = None) -> jax.Array:
+def nmf_update(
+    h: jax.Array,
+    x: jax.Array,
+    w: jax.Array,
+    epsilon: float | None = None,
+    precision: Precision = "float32",
+) -> jax.Array:
     """One renormalised multiplicative update ``F(h, x, W)``, exactly as the reference writes it.
 
     Args:
@@ -144,28 +166,69 @@ def nmf_update(h: jax.Array, x: jax.Array, w: jax.Array, epsilon: float | None =
       w: normalised weight, shape (S, I).
       epsilon: None for ``h * (W^T (x/R))`` (paper eq. 6 with its epsilon = 1), or a float for the
         reference's ``h * (1 + epsilon * W^T (x/R))`` variant (not paper eq. 6; see spec 2.5).
+      precision: of the two matrix products (``PRECISIONS``); everything else stays in h's dtype.
 
     Returns:
       the next code, shape (..., I), summing to 1 (or 0 where ``x`` is 0).
     """
-    reconstruction = _matmul(h, w.T) + RECON_EPS
-    drive = _matmul(_divide(x, reconstruction), w)
+    reconstruction = _matmul(h, w.T, precision) + RECON_EPS
+    drive = _matmul(divide(x, reconstruction), w, precision)
     h = h * drive if epsilon is None else h * (1 + epsilon * drive)
     return l1_normalize(h)
 
 
-def _iterate(
-    x: jax.Array, w: jax.Array, iterations: int, epsilon: float | None, remat: bool = False
-):
+def _iterate_all(x, w, iterations, epsilon, remat=False, precision="float32"):
     num_hidden = w.shape[-1]
     h0 = jnp.full(x.shape[:-1] + (num_hidden,), 1.0 / num_hidden, dtype=x.dtype)
 
     def body(_, h):
-        return nmf_update(h, x, w, epsilon)
+        return nmf_update(h, x, w, epsilon, precision)
 
     if remat:
         body = jax.checkpoint(body)
     return lax.fori_loop(0, iterations, body, h0)
+
+
+DEFAULT_CHUNK_BYTES = 16 * 2**20
+"""The per-chunk working set that :func:`num_chunks` aims at on a CPU (see there)."""
+
+
+def num_chunks(positions: int, inputs: int, hidden: int, itemsize: int, chunk_bytes: int) -> int:
+    """How many chunks the positions of one NMF layer are split into, so each fits ``chunk_bytes``.
+
+    One iteration over a chunk of c positions touches x and x / R (c x S each) and h and the drive
+    (c x I each): ``c (2 S + 2 I) itemsize`` bytes. The positions are split into the nearest whole
+    number of chunks of at most about ``chunk_bytes`` (1 = no split), of near-equal size. Measured
+    on a 2-core Xeon (2 MiB L2 per core), the 800 -> 64 layer of CNMF+1x1 at batch 256 (16,384
+    positions): 62 GFLOP/s in one piece, 166-171 GFLOP/s in 7-8 chunks; at batch 50 (3,200) no split
+    was best, and the 75 -> 32 layer gained little either way.
+
+    Args:
+      positions: P, the rows of the flattened input.
+      inputs, hidden: S and I of the layer.
+      itemsize: bytes per element of the compute dtype.
+      chunk_bytes: target working set; 0 disables chunking.
+
+    Returns:
+      the number of chunks, >= 1.
+    """
+    if chunk_bytes <= 0:
+        return 1
+    per_position = (2 * inputs + 2 * hidden) * itemsize
+    return max(1, min(positions, round(positions * per_position / chunk_bytes)))
+
+
+def _iterate(x, w, iterations, epsilon, remat=False, chunks=1, precision="float32"):
+    """The fixed-point loop on (P, S) inputs, in ``chunks`` pieces of positions one after another
+    (``lax.map``; each piece runs all iterations while its working set stays in cache)."""
+    if chunks <= 1:
+        return _iterate_all(x, w, iterations, epsilon, remat, precision)
+    positions = x.shape[0]
+    size = -(-positions // chunks)
+    padded = jnp.pad(x, ((0, size * chunks - positions), (0, 0)))  # zero rows give h = 0
+    pieces = padded.reshape(chunks, size, x.shape[-1])
+    h = lax.map(lambda piece: _iterate_all(piece, w, iterations, epsilon, remat, precision), pieces)
+    return h.reshape(chunks * size, w.shape[-1])[:positions]
 
 
 def _flatten_positions(a: jax.Array) -> jax.Array:
@@ -199,21 +262,20 @@ def _one_step_vjp(x, w, h, g, rule):
     return grad_x, grad_w
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _nmf_one_step(x, w, iterations, epsilon, rule):
-    return _iterate(x, w, iterations, epsilon)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _nmf_one_step(x, w, iterations, epsilon, rule, chunks, precision):
+    return _iterate(x, w, iterations, epsilon, chunks=chunks, precision=precision)
 
 
-def _nmf_one_step_fwd(x, w, iterations, epsilon, rule):
-    h = _iterate(x, w, iterations, epsilon)
+def _nmf_one_step_fwd(x, w, iterations, epsilon, rule, chunks, precision):
+    h = _iterate(x, w, iterations, epsilon, chunks=chunks, precision=precision)
     return h, (x, w, h)
 
 
-def _nmf_one_step_bwd(iterations, epsilon, rule, residuals, g):
-    del (
-        iterations,
-        epsilon,
-    )  # the one-step rule does not depend on them (no epsilon factor, spec 2.5)
+def _nmf_one_step_bwd(iterations, epsilon, rule, chunks, precision, residuals, g):
+    # The one-step rule depends neither on the iterations nor on epsilon (no epsilon factor, spec
+    # 2.5); it is one pass, so it runs unchunked and in full precision.
+    del iterations, epsilon, chunks, precision
     x, w, h = residuals
     return _one_step_vjp(x, w, h, g, rule)
 
@@ -224,18 +286,18 @@ _nmf_one_step.defvjp(_nmf_one_step_fwd, _nmf_one_step_bwd)
 # --- implicit (exact fixed-point) backward ----------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _nmf_implicit(x, w, iterations, epsilon):
-    return _iterate(x, w, iterations, epsilon)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _nmf_implicit(x, w, iterations, epsilon, chunks, precision):
+    return _iterate(x, w, iterations, epsilon, chunks=chunks, precision=precision)
 
 
-def _nmf_implicit_fwd(x, w, iterations, epsilon):
-    h = _iterate(x, w, iterations, epsilon)
+def _nmf_implicit_fwd(x, w, iterations, epsilon, chunks, precision):
+    h = _iterate(x, w, iterations, epsilon, chunks=chunks, precision=precision)
     return h, (x, w, h)
 
 
-def _nmf_implicit_bwd(iterations, epsilon, residuals, g):
-    del iterations
+def _nmf_implicit_bwd(iterations, epsilon, chunks, precision, residuals, g):
+    del iterations, chunks, precision
     x, w, h = residuals
     batch_shape = h.shape[:-1]
     h_flat, x_flat, g_flat = (_flatten_positions(a) for a in (h, x, g))
@@ -280,6 +342,8 @@ def nmf_fixed_point(
     gradient: Gradient = "approximate",
     remat: bool = False,
     check_inputs: bool = False,
+    chunk_bytes: int | None = None,
+    precision: Precision = "float32",
     name: str = "nmf",
 ) -> jax.Array:
     """Runs the NMF fixed-point iteration: the code ``h`` that explains ``x`` with the columns of ``W``.
@@ -323,6 +387,15 @@ def nmf_fixed_point(
         backward stores only one h per iteration instead of every intermediate.
       check_inputs: add ``checkify`` checks that x and W are finite and non-negative. The function
         must then be wrapped with :func:`checked` (or ``checkify.checkify``), also under ``jit``.
+      chunk_bytes: run the loop over chunks of positions whose working set is about this many
+        bytes (:func:`num_chunks`), one chunk after another, so that it stays in cache; 0: in one
+        piece; None (default): ``DEFAULT_CHUNK_BYTES`` on a CPU and one piece on accelerators. The
+        values are the same up to float rounding (every position is independent).
+      precision: the matrix products of the loop (``PRECISIONS``): ``"float32"`` (default,
+        ``Precision.HIGHEST``), ``"bfloat16"`` (inputs rounded to bfloat16, float32 accumulation and
+        result: mixed precision) or ``"tf32"`` (``Precision.DEFAULT``: TF32 on NVIDIA GPUs, bfloat16
+        passes on TPUs, float32 on CPUs). The codes h, the normalisations, the division by the
+        reconstruction and every backward stay in the compute dtype.
       name: the layer's name, used in the messages of ``check_inputs``.
 
     Returns:
@@ -341,6 +414,8 @@ def nmf_fixed_point(
         raise ValueError(f"gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
     if remat and gradient != "unrolled":
         raise ValueError(f"remat=True only applies to gradient='unrolled', got {gradient!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if check_inputs:
         _check_inputs(x, w, name)
 
@@ -354,13 +429,16 @@ def nmf_fixed_point(
     # backend, above all under vmap (17x for a vmapped (5, 50, 24, 24, 75) input, 5x when flat).
     x = _flatten_positions(x.astype(compute_dtype))
     w = w.astype(compute_dtype)
+    if chunk_bytes is None:
+        chunk_bytes = DEFAULT_CHUNK_BYTES if jax.default_backend() == "cpu" else 0
+    chunks = num_chunks(x.shape[0], *w.shape, x.dtype.itemsize, chunk_bytes)
 
     if gradient == "unrolled":
-        h = _iterate(x, w, iterations, epsilon, remat=remat)
+        h = _iterate(x, w, iterations, epsilon, remat, chunks, precision)
     elif gradient == "implicit":
-        h = _nmf_implicit(x, w, iterations, epsilon)
+        h = _nmf_implicit(x, w, iterations, epsilon, chunks, precision)
     else:
-        h = _nmf_one_step(x, w, iterations, epsilon, gradient)
+        h = _nmf_one_step(x, w, iterations, epsilon, gradient, chunks, precision)
     return h.reshape(*batch_shape, w.shape[-1]).astype(out_dtype)
 
 

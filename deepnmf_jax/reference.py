@@ -156,11 +156,14 @@ def export_reference_params(model_name: str, tree: Mapping[str, Any], **model_ov
 # --- evaluating the reference fixtures (tests/fixtures/README.md) ------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("iterations",))
-def _layer_outputs(x_raw, u, upstream, iterations):
+@functools.partial(jax.jit, static_argnames=("iterations", "precision"))
+def _layer_outputs(x_raw, u, upstream, iterations, precision="float32"):
     def objective(x_raw, u):
         h = nmf.nmf_fixed_point(
-            nmf.l1_normalize(x_raw), nmf.normalize_weight(u), iterations=iterations
+            nmf.l1_normalize(x_raw),
+            nmf.normalize_weight(u),
+            iterations=iterations,
+            precision=precision,
         )
         return jnp.sum(h * upstream), h
 
@@ -168,7 +171,9 @@ def _layer_outputs(x_raw, u, upstream, iterations):
     x, w = nmf.l1_normalize(x_raw), nmf.normalize_weight(u)
 
     def objective_xw(x, w):
-        return jnp.sum(upstream * nmf.nmf_fixed_point(x, w, iterations=iterations))
+        return jnp.sum(
+            upstream * nmf.nmf_fixed_point(x, w, iterations=iterations, precision=precision)
+        )
 
     grad_x, grad_w = jax.grad(objective_xw, (0, 1))(x, w)
     return {
@@ -182,8 +187,11 @@ def _layer_outputs(x_raw, u, upstream, iterations):
     }
 
 
-def layer_fixture_outputs(arrays: Mapping[str, Any], case: str, dtype=jnp.float64) -> dict:
-    """Recomputes one case of ``nnmf_layer.npz`` (L1 norm, W = normalize_weight(U), NMF, L = sum(h g)).
+def layer_fixture_outputs(
+    arrays: Mapping[str, Any], case: str, dtype=jnp.float64, precision: str = "float32"
+) -> dict:
+    """Recomputes one case of ``nnmf_layer.npz`` (L1 norm, W = normalize_weight(U), NMF, L = sum(h g)),
+    with the NMF loop's matrix products in ``precision`` (:func:`deepnmf_jax.nmf.nmf_fixed_point`).
 
     Returns ``x, W, h, grad_x, grad_x_raw, grad_W, grad_U`` as numpy arrays in the fixture's (torch)
     layouts, for comparison with ``arrays[f"{case}/{name}"]``.
@@ -194,6 +202,7 @@ def layer_fixture_outputs(arrays: Mapping[str, Any], case: str, dtype=jnp.float6
         jnp.asarray(np.asarray(arrays[f"{case}/U"]).T, dtype),
         nhwc(arrays[f"{case}/g"]),
         iterations=int(arrays[f"{case}/iterations"]),
+        precision=precision,
     )
     return {
         name: np.asarray(value).T
@@ -204,8 +213,8 @@ def layer_fixture_outputs(arrays: Mapping[str, Any], case: str, dtype=jnp.float6
 
 
 @functools.cache
-def _model_outputs_fn(model_name: str, gradient: str):
-    model = models.build_model(model_name, gradient=gradient)
+def _model_outputs_fn(model_name: str, options: tuple):
+    model = models.build_model(model_name, **dict(options))
 
     @jax.jit
     def outputs(params, images, labels):
@@ -222,18 +231,41 @@ def _model_outputs_fn(model_name: str, gradient: str):
 
 
 def model_fixture_outputs(
-    model_name: str, arrays: Mapping[str, Any], dtype=jnp.float64, gradient: str = "approximate"
+    model_name: str,
+    arrays: Mapping[str, Any],
+    dtype=jnp.float64,
+    gradient: str = "approximate",
+    **model_options,
 ) -> dict:
     """Recomputes a ``model_<name>.npz`` fixture: the fixture's parameters and images, the reference
     loss and one backward pass. Returns numpy arrays under the fixture's keys and layouts:
-    ``output/probs``, ``output/loss``, ``act/blockK.out`` (NCHW) and ``grad/<param>``."""
+    ``output/probs``, ``output/loss``, ``act/blockK.out`` (NCHW) and ``grad/<param>``.
+    ``model_options`` go to :func:`deepnmf_jax.models.build_model` (e.g. ``precision``)."""
     params = load_reference_params(model_name, arrays, dtype=dtype)["params"]
     images = jnp.asarray(arrays["input/images"], dtype)
     labels = jnp.asarray(arrays["input/labels"], jnp.int32)
-    loss, probs, acts, grads = _model_outputs_fn(model_name, gradient)(params, images, labels)
+    options = tuple(sorted({"gradient": gradient, **model_options}.items()))
+    loss, probs, acts, grads = _model_outputs_fn(model_name, options)(params, images, labels)
     out = {"output/probs": np.asarray(probs), "output/loss": np.asarray(loss)}
     out.update({f"act/{block}.out": np.moveaxis(np.asarray(a), -1, 1) for block, a in acts.items()})
     out.update(
         {f"grad/{name}": g for name, g in export_reference_params(model_name, grads).items()}
     )
     return out
+
+
+def scaled_error(new, ref) -> float:
+    """``max|new - ref| / max|ref|``, the fixtures README's measure."""
+    new, ref = np.asarray(new, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(new - ref)) / np.max(np.abs(ref)))
+
+
+def out_of_fixture_bounds(new, ref, dtype) -> int:
+    """How many entries break the fixtures README's per-element bound: ``|new - ref| <= rel |ref| +
+    scale max|ref|`` with (rel, scale) = (1e-9, 1e-11) for float64 and (1e-4, 1e-4) for float32."""
+    new, ref = np.asarray(new, np.float64), np.asarray(ref, np.float64)
+    if new.shape != ref.shape:
+        raise ValueError(f"shapes differ: {new.shape} vs {ref.shape}")
+    rel, scale = (1e-9, 1e-11) if np.dtype(dtype) == np.float64 else (1e-4, 1e-4)
+    bound = rel * np.abs(ref) + scale * np.max(np.abs(ref))
+    return int(np.sum(np.abs(new - ref) > bound))

@@ -85,6 +85,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     choose(config.model.name, models.PAPER_MODELS, "config.model.name")
     choose(config.model.gradient, deepnmf_jax.nmf.GRADIENT_MODES, "config.model.gradient")
     choose(config.model.batch_norm, ("batch", "running"), "config.model.batch_norm")
+    choose(config.model.precision, deepnmf_jax.nmf.PRECISIONS, "config.model.precision")
+    choose(
+        config.model.patch_conv, deepnmf_jax.layers.PATCH_CONV_METHODS, "config.model.patch_conv"
+    )
     choose(config.data.name, input_pipeline.DATASETS, "config.data.name")
     choose(config.data.source, input_pipeline.SOURCES, "config.data.source")
     choose(config.data.order, DATA_ORDERS, "config.data.order")
@@ -127,6 +131,9 @@ class Trainer:
             gradient=config.model.gradient,
             remat=config.model.remat,
             batch_norm=config.model.batch_norm,
+            chunk_bytes=config.model.chunk_bytes,
+            precision=config.model.precision,
+            patch_conv=config.model.patch_conv,
         )
         self.input_shape = (config.augment.crop_size, config.augment.crop_size, image_shape[-1])
         self.augment = _augment_config(config)
@@ -322,11 +329,22 @@ def _seed_loop(choice: str, mesh) -> str:
 
 
 def _map_over_seeds(fn, in_axes=0):
-    """Like ``jax.vmap(fn, in_axes)`` over a leading seed axis, but a sequential ``lax.map``."""
+    """Like ``jax.vmap(fn, in_axes)`` over a leading seed axis, but a sequential ``lax.map``.
+
+    A single seed is called directly (no loop): XLA's CPU backend runs some operations much slower
+    inside a loop body (measured: the gradient of a 5x5 convolution 7-12x slower inside a one-trip
+    ``lax.map`` than outside it).
+    """
 
     def mapped(*args):
         axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
         per_seed = tuple(arg for arg, axis in zip(args, axes, strict=True) if axis == 0)
+        if jax.tree_util.tree_leaves(per_seed)[0].shape[0] == 1:
+            squeezed = iter(jax.tree_util.tree_map(lambda a: a[0], per_seed))
+            out = fn(
+                *(next(squeezed) if axis == 0 else a for a, axis in zip(args, axes, strict=True))
+            )
+            return jax.tree_util.tree_map(lambda a: a[None], out)
 
         def body(seed_args):
             remaining = iter(seed_args)
@@ -395,6 +413,8 @@ _RESUMABLE_KEYS = {
     "data.cache_dir",
     "data.download_url",
     "seed_loop",  # vmap or map: the same computation
+    "model.chunk_bytes",  # the same computation in other pieces (float rounding aside)
+    "model.patch_conv",  # likewise
     "mesh.seed_devices",  # a run may resume on other devices: orbax reshards the checkpoint
     "mesh.data_devices",
     "distributed.coordinator_address",

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepnmf_jax import layers, losses, nmf
+from deepnmf_jax import layers, losses, nmf, patches
 
 
 @pytest.mark.parametrize(
@@ -151,3 +151,57 @@ def test_loss_errors():
         losses.reference_loss(jnp.ones((2, 3)) / 3, jnp.array([0, 1, 2]))
     with pytest.raises(ValueError, match="unknown loss"):
         losses.get_loss("kl")
+
+
+@pytest.mark.parametrize(
+    "kernel_size,strides,padding,groups",
+    [(5, 1, 0, 1), (3, 2, 1, 1), ("full", 1, 0, 1), (3, 1, 0, 2), ("full", 1, 0, 4), (1, 1, 0, 1)],
+)
+def test_patch_conv_methods_are_equal_in_float64_with_zero_patches(
+    getkey, kernel_size, strides, padding, groups
+):
+    """``W . (p / sum p) = (W . p) / sum p``: the matmul and conv forms equal the reference's patch
+    form, forward and gradients, also where whole patches are zero."""
+    x = jax.random.uniform(getkey(), (2, 9, 9, 4), jnp.float64)
+    x = x.at[0, :6, :6, :].set(0.0)  # all-zero patches in the top-left corner
+    g = jax.random.normal(getkey(), (2, 9, 9, 8), jnp.float64)
+    results = {}
+    for method in ("patches", "matmul", "conv"):
+        layer = layers.PatchConv(8, kernel_size, strides, padding, groups=groups, method=method)
+        variables = layer.init(jax.random.key(0), x)
+        variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), variables)
+
+        def objective(variables, x, layer=layer):
+            y = layer.apply(variables, x)
+            return jnp.sum(g[:, : y.shape[1], : y.shape[2]] * y), y
+
+        grads, y = jax.grad(objective, (0, 1), has_aux=True)(variables, x)
+        results[method] = (y, grads, variables["params"]["bias"])
+    reference_y, reference_grads, bias = results["patches"]
+    if kernel_size != "full":  # the top-left patch is all zero: the output is the bias alone
+        np.testing.assert_array_equal(reference_y[0, 0, 0], bias)
+    for method in ("matmul", "conv"):
+        y, grads, _ = results[method]
+        np.testing.assert_allclose(y, reference_y, rtol=1e-12, atol=1e-14)
+        for got, want in zip(
+            jax.tree_util.tree_leaves(grads),
+            jax.tree_util.tree_leaves(reference_grads),
+            strict=True,
+        ):
+            assert bool(jnp.all(jnp.isfinite(got)))
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+
+
+def test_patch_sums_by_hand():
+    x = jnp.arange(2 * 3 * 3 * 2, dtype=jnp.float64).reshape(1, 3, 3, 4)[..., :4]
+    geometry = patches.patch_geometry(x.shape, 2)
+    sums = patches.patch_sums(x, geometry, groups=2)  # (1, 2, 2, 2)
+    expected = layers.extract_patches(x, 2).reshape(1, 2, 2, 2, 8).sum(-1)
+    np.testing.assert_array_equal(sums, expected)
+    # top-left window, channels 0-1: x[0, :2, :2, :2] = (0 + 1) + (4 + 5) + (12 + 13) + (16 + 17)
+    assert float(sums[0, 0, 0, 0]) == 68.0
+
+
+def test_patch_conv_rejects_unknown_method():
+    with pytest.raises(ValueError, match="method must be one of"):
+        layers.PatchConv(4, 3, method="fft").init(jax.random.key(0), jnp.ones((1, 4, 4, 1)))

@@ -323,3 +323,39 @@ def test_checked_mode_names_the_layer(small_problem):
         checked(x.at[1, 2, 3].set(jnp.nan), w)
     with pytest.raises(checkify.JaxRuntimeError, match=r"weight W has negative"):
         checked(x, -w)
+
+
+def test_num_chunks_by_hand():
+    # (2 S + 2 I) * itemsize = (150 + 64) * 4 = 856 bytes a position.
+    assert nmf.num_chunks(1000, 75, 32, 4, 856 * 250) == 4
+    assert nmf.num_chunks(1000, 75, 32, 4, 856 * 300) == 3  # 3.33 rounds to 3 chunks of 334
+    assert nmf.num_chunks(1000, 75, 32, 4, 856 * 1500) == 1  # 0.67 rounds up to one piece
+    assert nmf.num_chunks(3, 75, 32, 4, 1) == 3  # never more chunks than positions
+    assert nmf.num_chunks(10**6, 75, 32, 4, 0) == 1  # 0 disables
+
+
+@pytest.mark.parametrize("gradient", ["approximate", "unrolled", "implicit", "local_kl"])
+def test_chunked_loop_equals_one_piece_in_every_gradient_mode(getkey, gradient):
+    """Positions are independent: chunks (with a padded last one) give the same h and gradients."""
+    x = nmf.l1_normalize(jax.random.uniform(getkey(), (7, 5, 12), jnp.float32))  # 35 positions
+    x = x.at[0, 0].set(0.0)  # an all-zero position, in a chunk of its own rows
+    u = jax.random.uniform(getkey(), (12, 6), jnp.float32)
+    g = jax.random.normal(getkey(), (7, 5, 6), jnp.float32)
+    itemsize_per_position = (2 * 12 + 2 * 6) * 4
+
+    def run(chunk_bytes):
+        def objective(x, u):
+            h = nmf.nmf_fixed_point(
+                x, nmf.normalize_weight(u), iterations=6, gradient=gradient, chunk_bytes=chunk_bytes
+            )
+            return jnp.sum(g * h), h
+
+        return jax.jit(jax.grad(objective, (0, 1), has_aux=True))(x, u)
+
+    assert nmf.num_chunks(35, 12, 6, 4, 8 * itemsize_per_position) == 4  # 4 chunks of 9, 1 padded
+    (gx, gu), h = run(8 * itemsize_per_position)
+    (gx1, gu1), h1 = run(0)
+    np.testing.assert_allclose(h, h1, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gx, gx1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gu, gu1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(h[0, 0], 0.0)
