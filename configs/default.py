@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.download_url = ""  # base URL replacing the official one (mirror)
     config.data.train_limit = 0  # use only the first N training images (0: all)
     config.data.test_limit = 0  # use only the first N test images (0: all)
+    # Hold out N training images (a fixed permutation) to choose best/ on; 0: the reference's
+    # protocol (no validation split, best/ on test accuracy); 5000 recommended.
+    config.data.validation_size = 0
     config.data.order = "fixed"  # "fixed": one order for every seed (reference) | "per_seed"
     config.data.order_seed = 0  # the reference seeds its shuffler with 0
 

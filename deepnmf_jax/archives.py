@@ -22,12 +22,14 @@ import urllib.request
 import numpy as np
 from tqdm import tqdm
 
+from deepnmf_jax.errors import DataError
 
-class UnsafeArchiveError(ValueError):
+
+class UnsafeArchiveError(DataError):
     """An archive holds something other than the data it should (code, links, wrong types)."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DataError):
     """A downloaded or local file does not have the expected checksum."""
 
 

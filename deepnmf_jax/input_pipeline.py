@@ -20,12 +20,18 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib.resources
+import logging
 import os
 import pathlib
+import tarfile
+import zlib
 
 import numpy as np
 
 from deepnmf_jax import archives
+from deepnmf_jax.errors import DataError, UserError
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "folder", "tfds", "download", "sample")
 
@@ -52,6 +58,16 @@ class Split:
         """The first ``count`` examples (all if ``count`` <= 0)."""
         return self if count <= 0 else Split(self.images[:count], self.labels[:count])
 
+    def split_off(self, count: int, seed: int = 0) -> tuple[Split, Split]:
+        """(rest, held out): ``count`` examples chosen by a fixed permutation (the last ``count`` of
+        ``permutation(seed)``) are held out; the rest keep their order."""
+        held = np.zeros(len(self), bool)
+        held[np.random.default_rng(seed).permutation(len(self))[len(self) - count :]] = True
+        return (
+            Split(self.images[~held], self.labels[~held]),
+            Split(self.images[held], self.labels[held]),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -60,6 +76,7 @@ class Dataset:
     test: Split
     num_classes: int
     source: str  # where it was read from, for logs and results
+    validation: Split | None = None  # held out of the training set (config.data.validation_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +124,7 @@ DATASETS = {
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "deepnmf_jax")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """No source could provide the dataset; the message says where it looked and what to do."""
 
 
@@ -201,8 +218,29 @@ def _from_folder(name: str, folders: list[pathlib.Path]) -> tuple[Split, Split, 
             continue
         for location in (folder / spec.folder, folder / spec.archive):
             if location.exists():
-                return (*_read_cifar(name, location), str(location))
+                return (*_read_damaged_as_data_error(name, location), str(location))
     return None
+
+
+def _read_damaged_as_data_error(name: str, location: pathlib.Path) -> tuple[Split, Split]:
+    """:func:`_read_cifar`, with a truncated, empty, not-gzip or incomplete archive or folder
+    reported as one :class:`DataError` (and, for an archive, whether its MD5 is the official
+    one, so that a damaged download is named as such)."""
+    try:
+        return _read_cifar(name, location)
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, FileNotFoundError) as error:
+        detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if location.is_dir():
+            raise DataError(f"{location} is incomplete or damaged ({detail})") from None
+        official = DATASETS[name].files.get(location.name)
+        md5 = archives.md5sum(location)
+        verdict = (
+            f"its MD5 {md5} is not the official {official}: the file is damaged (a cut-short "
+            "download?) or not the official archive; delete it and download it again"
+            if official and md5 != official
+            else "delete it and provide it again"
+        )
+        raise DataError(f"cannot read {location} ({detail}); {verdict}") from None
 
 
 def _from_tfds(name: str, data_dir: str | None) -> tuple[Split, Split, str] | None:
@@ -246,6 +284,17 @@ def load_sample() -> Dataset:
     return Dataset("cifar10", train, test, 10, "sample")
 
 
+DOWNLOAD_MB = {
+    "cifar-10-python.tar.gz": 163,
+    "cifar-100-python.tar.gz": 161,
+    "train-images-idx3-ubyte.gz": 26,
+    "train-labels-idx1-ubyte.gz": 0.03,
+    "t10k-images-idx3-ubyte.gz": 4.4,
+    "t10k-labels-idx1-ubyte.gz": 0.005,
+}
+"""Sizes of the official files, said before a download starts."""
+
+
 def load_dataset(
     name: str,
     source: str = "auto",
@@ -286,7 +335,18 @@ def load_dataset(
     if found is None and source in ("auto", "tfds"):
         found = _from_tfds(name, data_dir)
         looked.append("TensorFlow Datasets (not installed)" if found is None else "")
-    if found is None and source in ("auto", "download"):
+    if found is None and source == "auto" and os.environ.get("DEEPNMF_NO_DOWNLOAD"):
+        looked.append("no download (DEEPNMF_NO_DOWNLOAD is set)")
+    elif found is None and source in ("auto", "download"):
+        url = download_url or DATASETS[name].url
+        log.warning(
+            "%s: not found locally; downloading %s from %s into %s (forbid with "
+            "--config.data.source=folder or DEEPNMF_NO_DOWNLOAD=1)",
+            name,
+            ", ".join(f"{f} ({DOWNLOAD_MB.get(f, '?')} MB)" for f in DATASETS[name].files),
+            url,
+            pathlib.Path(cache_dir).expanduser() / name,
+        )
         try:
             found = _from_download(name, cache_dir, download_url, progress)
         except (OSError, archives.ChecksumError) as error:

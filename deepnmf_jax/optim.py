@@ -88,3 +88,26 @@ def plateau_update(plateau, plateau_state, epoch_loss):
     """Advances the schedule by one epoch with the epoch's summed training loss."""
     _, plateau_state = plateau.update(None, plateau_state, value=epoch_loss)
     return plateau_state
+
+
+class Schedule:
+    """The learning-rate schedule of a run in one place: base rates per group, the plateau scale
+    (one per seed, in ``TrainState.plateau_state.scale``) and the stop rule.
+
+    A seed is finished when every one of its learning rates (base rate x scale) is below
+    ``stop_lr``, the reference's stop; the train step freezes a finished seed, the loop stops when
+    every seed is finished, and the report counts each seed's trained epochs by the same rule.
+    """
+
+    def __init__(self, optim_config):
+        self.base_rates = group_learning_rates(optim_config)
+        self.stop_lr = float(optim_config.stop_lr)
+        self.largest_base_rate = max(self.base_rates.values())
+
+    def rates(self, scale: float) -> dict[str, float]:
+        """Each group's learning rate at plateau scale ``scale``."""
+        return {group: rate * float(scale) for group, rate in self.base_rates.items()}
+
+    def finished(self, scale):
+        """Whether a seed at plateau ``scale`` has finished (works on jax and numpy arrays)."""
+        return scale * self.largest_base_rate < self.stop_lr

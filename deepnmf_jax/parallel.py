@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from deepnmf_jax.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SEED_AXIS, DATA_AXIS = "seed", "data"
@@ -37,7 +39,7 @@ def mesh_shape(num_seeds: int, batch_size: int, num_devices: int, seed_devices=0
     divide neither stay unused (e.g. 5 seeds on 8 GPUs use 5).
     """
     if seed_devices < 0 or data_devices < 0:
-        raise ValueError(
+        raise ConfigError(
             f"mesh sizes must be >= 0 (0: automatic), got {seed_devices}, {data_devices}"
         )
     if not seed_devices:
@@ -45,11 +47,11 @@ def mesh_shape(num_seeds: int, batch_size: int, num_devices: int, seed_devices=0
     if not data_devices:
         data_devices = _largest_divisor_at_most(batch_size, max(num_devices // seed_devices, 1))
     if num_seeds % seed_devices:
-        raise ValueError(f"{seed_devices} seed devices do not divide num_seeds = {num_seeds}")
+        raise ConfigError(f"{seed_devices} seed devices do not divide num_seeds = {num_seeds}")
     if batch_size % data_devices:
-        raise ValueError(f"{data_devices} data devices do not divide batch_size = {batch_size}")
+        raise ConfigError(f"{data_devices} data devices do not divide batch_size = {batch_size}")
     if seed_devices * data_devices > num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"a mesh of {seed_devices} x {data_devices} devices needs more than the {num_devices} available"
         )
     return seed_devices, data_devices

@@ -279,3 +279,31 @@ def test_real_cifar10_archive_decodes_to_the_published_checksums():
         "f9b1e2130bab680db56eb06d886f7f1ad0f1183907ceff4659d1735c890f5b04",
         "cec8a24a1e92aa2ecaa0bbd3dbfa86bf6cd8759fbd209a832824c8cf0afca9d5",
     ]
+
+
+def test_auto_says_it_downloads_from_where_and_can_be_forbidden(tmp_path, monkeypatch, caplog):
+    served = tmp_path / "served"
+    served.mkdir()
+    make_cifar_archive(served / "cifar-10-python.tar.gz")
+    spec = input_pipeline.DATASETS["cifar10"]
+    monkeypatch.setitem(
+        input_pipeline.DATASETS,
+        "cifar10",
+        input_pipeline.dataclasses.replace(
+            spec, files={spec.archive: archives.md5sum(served / "cifar-10-python.tar.gz")}
+        ),
+    )
+    monkeypatch.setenv("DEEPNMF_NO_DOWNLOAD", "1")
+    with pytest.raises(input_pipeline.DataNotFoundError, match="DEEPNMF_NO_DOWNLOAD is set"):
+        input_pipeline.load_dataset("cifar10", source="auto", cache_dir=str(tmp_path / "c1"))
+    monkeypatch.delenv("DEEPNMF_NO_DOWNLOAD")
+    with _serve(served) as url, caplog.at_level("WARNING", logger="deepnmf_jax.input_pipeline"):
+        input_pipeline.load_dataset(
+            "cifar10",
+            source="auto",
+            cache_dir=str(tmp_path / "c2"),
+            download_url=url,
+            progress=False,
+        )
+    (message,) = [r.getMessage() for r in caplog.records if "downloading" in r.getMessage()]
+    assert f"from {url}" in message and "(163 MB)" in message and "DEEPNMF_NO_DOWNLOAD" in message

@@ -189,7 +189,7 @@ def test_config_errors(tmp_path):
         json.dumps(json.loads(tiny_config().to_json_best_effort()))
     )
     with pytest.raises(
-        train_lib.ConfigError, match=r"different configuration \(keys \['model.name'\]\)"
+        train_lib.ConfigError, match=r"different configuration \(model\.name: 'cnmf_1x1' -> 'cnn'\)"
     ):
         train_lib.train_and_evaluate(tiny_config(**{"model.name": "cnn"}), tmp_path)
 
@@ -302,12 +302,21 @@ def test_cli_errors_are_clear(tmp_path):
 
 def test_finished_seeds_are_frozen_and_the_run_stops(tmp_path):
     """A seed whose every learning rate is below optim.stop_lr takes no more steps; once all seeds
-    are there the run ends (here from the start: stop_lr above the base learning rates)."""
-    config = tiny_config(num_seeds=2, num_epochs=3, tensorboard=False, **{"model.name": "cnmf"})
+    are there the run ends (here from the start: stop_lr above the base learning rates). Its whole
+    state is frozen: parameters, running BatchNorm statistics and Adam's moments."""
+    config = tiny_config(
+        num_seeds=2,
+        num_epochs=3,
+        tensorboard=False,
+        **{"model.name": "cnmf", "model.batch_norm": "running"},
+    )
     config.optim.stop_lr = 1.0
     results = train_lib.train_and_evaluate(config, tmp_path)
     assert results["epochs_completed"] == 1 and results["stopped_because"].startswith("every")
     assert [s["epochs_trained"] for s in results["per_seed"]] == [0, 0]
     trainer = train_lib.Trainer(config, 10, (32, 32, 3), steps_per_epoch=6)
-    initial = jax.device_get(trainer.init(trainer.seed_keys([21, 22])).params)
-    assert_trees_equal(final_state(tmp_path)["params"], initial)
+    initial = jax.device_get(trainer.init(trainer.seed_keys([21, 22])))
+    final = final_state(tmp_path)
+    for part in ("params", "batch_stats", "opt_state"):
+        assert_trees_equal(final[part], getattr(initial, part))
+    assert int(np.asarray(final["step"])[0]) == 6
