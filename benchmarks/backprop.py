@@ -24,7 +24,6 @@ import argparse
 import json
 import pathlib
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -45,16 +44,9 @@ CONFIGS = [
 
 
 def _median_time(fn, steps, warmup):
-    import jax
+    from deepnmf_jax import benchmarking
 
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return benchmarking.median_seconds(fn, steps, max(warmup, 1))[1]
 
 
 def run_one(

@@ -48,14 +48,6 @@ from configs import cifar10  # noqa: E402
 from deepnmf_jax import benchmarking, input_pipeline, models, reference, train_lib  # noqa: E402
 
 FIXTURES = HERE.parent / "tests" / "fixtures"
-LAYER_CASES = (
-    "s75_i32_3x3_it20",
-    "s75_i32_3x3_it5",
-    "s10_i7_1x1_it20",
-    "s10_i7_1x1_it5",
-    "s75_i32_3x3_it20_zeropatch",
-    "s10_i7_1x1_it20_uzero",
-)
 
 
 class Budget:
@@ -90,7 +82,7 @@ def _compare(out: dict, fixture, prefix: str = "") -> dict:
 def parity_section() -> dict:
     layer = np.load(FIXTURES / "nnmf_layer.npz")
     rows = {}
-    for case in LAYER_CASES:
+    for case in reference.LAYER_CASES:
         out = reference.layer_fixture_outputs(layer, case, np.float32)
         row = {"float32": _compare(out, layer, f"{case}/")}
         for precision in ("bfloat16", "tf32"):

@@ -269,3 +269,14 @@ def out_of_fixture_bounds(new, ref, dtype) -> int:
     rel, scale = (1e-9, 1e-11) if np.dtype(dtype) == np.float64 else (1e-4, 1e-4)
     bound = rel * np.abs(ref) + scale * np.max(np.abs(ref))
     return int(np.sum(np.abs(new - ref) > bound))
+
+
+LAYER_CASES = (
+    "s75_i32_3x3_it20",
+    "s75_i32_3x3_it5",
+    "s10_i7_1x1_it20",
+    "s10_i7_1x1_it5",
+    "s75_i32_3x3_it20_zeropatch",
+    "s10_i7_1x1_it20_uzero",
+)
+"""The cases of ``tests/fixtures/nnmf_layer.npz``."""

@@ -12,14 +12,7 @@ from jax.test_util import check_grads
 from deepnmf_jax import nmf, reference
 from tests.helpers import assert_close_to_reference, scaled_error
 
-CASES = [
-    "s75_i32_3x3_it20",
-    "s75_i32_3x3_it5",
-    "s10_i7_1x1_it20",
-    "s10_i7_1x1_it5",
-    "s75_i32_3x3_it20_zeropatch",
-    "s10_i7_1x1_it20_uzero",
-]
+CASES = list(reference.LAYER_CASES)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
