@@ -119,11 +119,10 @@ def train_and_evaluate(
     validate_data(config, data)
     current = json.loads(config.to_json_best_effort())
     workdir = pathlib.Path(workdir)
-    if workdir.is_dir():
-        workdir_lib.check_config_matches(workdir, current)
+    must_write_config = workdir_lib.check_config_matches(workdir, current)
     workdir = workdir_lib.prepare(workdir)
     with workdir_lib.exclusive(workdir) if parallel.is_primary() else contextlib.nullcontext():
-        if parallel.is_primary() and workdir_lib.check_config_matches(workdir, current):
+        if parallel.is_primary() and must_write_config:
             workdir_lib.write_config(workdir, current)
         run = _Run(config, workdir, data)
         try:

@@ -196,17 +196,24 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_download_from_local_server_verifies_checksum(tmp_path, monkeypatch):
+def _served_archive(tmp_path, monkeypatch):
+    """A generated CIFAR-10 archive in ``tmp_path/served``, made the official one (its MD5) for the
+    test. Returns (folder, its batches, its MD5)."""
     served = tmp_path / "served"
     served.mkdir()
     batches = make_cifar_archive(served / "cifar-10-python.tar.gz")
-    good_md5 = archives.md5sum(served / "cifar-10-python.tar.gz")
+    md5 = archives.md5sum(served / "cifar-10-python.tar.gz")
     spec = input_pipeline.DATASETS["cifar10"]
     monkeypatch.setitem(
         input_pipeline.DATASETS,
         "cifar10",
-        input_pipeline.dataclasses.replace(spec, files={spec.archive: good_md5}),
+        input_pipeline.dataclasses.replace(spec, files={spec.archive: md5}),
     )
+    return served, batches, md5
+
+
+def test_download_from_local_server_verifies_checksum(tmp_path, monkeypatch):
+    served, batches, good_md5 = _served_archive(tmp_path, monkeypatch)
     cache = tmp_path / "cache"
     with _serve(served) as url:
         data = input_pipeline.load_dataset(
@@ -282,17 +289,7 @@ def test_real_cifar10_archive_decodes_to_the_published_checksums():
 
 
 def test_auto_says_it_downloads_from_where_and_can_be_forbidden(tmp_path, monkeypatch, caplog):
-    served = tmp_path / "served"
-    served.mkdir()
-    make_cifar_archive(served / "cifar-10-python.tar.gz")
-    spec = input_pipeline.DATASETS["cifar10"]
-    monkeypatch.setitem(
-        input_pipeline.DATASETS,
-        "cifar10",
-        input_pipeline.dataclasses.replace(
-            spec, files={spec.archive: archives.md5sum(served / "cifar-10-python.tar.gz")}
-        ),
-    )
+    served, _, _ = _served_archive(tmp_path, monkeypatch)
     monkeypatch.setenv("DEEPNMF_NO_DOWNLOAD", "1")
     with pytest.raises(input_pipeline.DataNotFoundError, match="DEEPNMF_NO_DOWNLOAD is set"):
         input_pipeline.load_dataset("cifar10", source="auto", cache_dir=str(tmp_path / "c1"))
