@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from configs import default
-from deepnmf_jax import benchmarking, flops, models, train_lib
+from deepnmf_jax import benchmarking, flops, models, steps
 
 DEFAULT_OUT = "runs/benchmarks/train_step.json"
 
@@ -44,28 +44,27 @@ def benchmark(model: str, seeds: int, batch: int, args) -> dict:
     config.num_seeds = seeds
     config.batch_size = batch
     num_images = batch * (args.steps + args.warmup + 1)
-    trainer = train_lib.Trainer(config, 10, (32, 32, 3), steps_per_epoch=num_images // batch)
+    run = steps.make_steps(config, 10, (32, 32, 3), steps_per_epoch=num_images // batch)
+    placement = run.placement
     seed_list = list(range(seeds))
-    holder = {"states": trainer.init(trainer.seed_keys(seed_list))}
+    holder = {"states": run.init(placement.seed_keys(seed_list))}
     rng = np.random.default_rng(0)
-    images = trainer.put(rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8))
-    labels = trainer.put(rng.integers(0, 10, num_images, dtype=np.int32))
-    order = trainer.epoch_order(trainer.order_keys(seed_list), 1, num_images)
+    host_images = rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8)
+    images = placement.put(host_images)
+    labels = placement.put(rng.integers(0, 10, num_images, dtype=np.int32))
+    order = run.order(placement.order_keys(config.data, seed_list), 1, num_images)
 
     def train():
-        holder["states"], metrics = trainer.train_step(holder["states"], images, labels, order)
+        holder["states"], metrics = run.train(holder["states"], images, labels, order)
         return metrics
 
     compile_s, step_s = benchmarking.median_seconds(train, args.steps, args.warmup)
-    eval_images, eval_labels = (
-        trainer.put(np.asarray(images)[:50]),
-        trainer.put(np.asarray(labels)[:50]),
-    )
+    eval_images = placement.put(host_images[: config.eval_batch_size])
     _, eval_s = benchmarking.median_seconds(
-        lambda: trainer.eval_all(holder["states"], eval_images, eval_labels), args.steps, 1
+        lambda: run.predict(holder["states"], eval_images), args.steps, 1
     )
     crop = config.augment.crop_size
-    step_flops = flops.train_step_flops(trainer.model, (crop, crop, 3)) * batch * seeds
+    step_flops = flops.train_step_flops(run.ctx.model, (crop, crop, 3)) * batch * seeds
     gflops = step_flops / step_s / 1e9
     return {
         "model": model,
@@ -73,8 +72,8 @@ def benchmark(model: str, seeds: int, batch: int, args) -> dict:
         "seeds": seeds,
         "batch": batch,
         "parameters": models.count_params(holder["states"].params) // seeds,
-        "mesh": dict(trainer.mesh.shape),
-        "seed_loop": trainer.seed_loop,
+        "mesh": dict(placement.mesh.shape),
+        "seed_loop": placement.loop,
         "compile_s": compile_s,
         "step_s": step_s,
         "images_per_s": batch * seeds / step_s,

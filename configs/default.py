@@ -15,14 +15,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_epochs = 500  # upper bound; the run stops earlier when every lr < optim.stop_lr
     config.batch_size = 50
     config.eval_batch_size = 50  # BatchNorm uses batch statistics in evaluation too: keep 50
-    config.loss = (
-        "reference"  # "reference": (KL + 0.5 MSE)/1.5 summed over the batch; "paper": eq. 21
-    )
+    # "reference": (KL + 0.5 MSE)/1.5 summed over the batch; "paper": eq. 21
+    config.loss = "reference"
+    config.label_smoothing = 0.0  # targets (1 - a) onehot + a / classes in either loss
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "cnmf_1x1"  # cnn | cnmf | cnn_1x1 | cnmf_1x1
     config.model.width = 1.0  # multiplies the hidden widths 32, 64, 96
-    config.model.groups = 1  # groups of blocks 2 and 3
+    config.model.groups = 1  # groups of blocks 2 and 3 (a-layers and 1x1 layers alike)
+    config.model.groups_nmf = config_dict.placeholder(int)  # a-layer groups (None: model.groups)
+    config.model.groups_mix = config_dict.placeholder(int)  # 1x1-layer groups (None: model.groups)
     config.model.iterations = 20  # NMF fixed-point iterations
     config.model.epsilon = config_dict.placeholder(float)  # None: the paper's update
     # NMF backward: approximate (paper) | unrolled | implicit | local_kl | local_mse
@@ -38,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
     # CNN a-layers: "matmul" (raw patches @ W / patch sums) | "conv" (a convolution / patch sums)
     # | "patches" (the reference's order: normalise each patch, then the linear map); all equal
     config.model.patch_conv = "matmul"
+    # The last block's 1x1 layer: "reference" (ReLU + L1 over the class channels first, where a
+    # class channel negative on every image gets no gradient) | "linear" (a plain 1x1 conv)
+    config.model.head = "reference"
+    config.model.check_inputs = False  # checkify: NaN/negative NMF inputs stop the step, named
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "cifar10"  # cifar10 | cifar100 | fashion_mnist
@@ -74,6 +80,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.plateau_rtol = 1e-4
     config.optim.plateau_cooldown = 0
     config.optim.stop_lr = 1e-9  # stop when every learning rate is below this
+    # "plateau" (the reference) | "cosine" (warm-up, then cosine decay over num_epochs) |
+    # "onecycle" (optax's cosine one-cycle); the rates above are the peak rates of each group
+    config.optim.schedule = "plateau"
+    config.optim.warmup_epochs = 0.0  # cosine / onecycle: epochs to reach the peak
+    config.optim.initial_lr_fraction = 0.04  # cosine / onecycle: start at this fraction of peak
+    config.optim.final_lr_fraction = 0.0  # cosine: end value; onecycle: must be > 0
+    config.optim.weight_decay = 0.0  # AdamW's decoupled decay of the conv kernels (not NMF U)
+    config.optim.ema_decay = 0.0  # evaluate an exponential moving average of the parameters
+    # Scale lr_* with batch_size / reference_batch_size: "none" | "linear" | "sqrt"
+    config.optim.lr_batch_scaling = "none"
+    config.optim.reference_batch_size = 50
 
     # How the seeds run inside one step: "vmap" (batched), "map" (one after another), or "auto"
     # (map on a CPU whose seed axis is not split over devices: XLA's CPU backend is slow on the

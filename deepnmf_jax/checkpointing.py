@@ -5,8 +5,9 @@ Layout in ``workdir``::
     checkpoints/<step>/   the latest two saves (the older one is the fallback if the newest is damaged)
     best/<step>/          the save with the best mean test accuracy so far
 
-Each save holds ``state`` (the :class:`~deepnmf_jax.train_lib.TrainState` pytree, every leaf with a
-leading seed axis) and ``meta`` (JSON: epoch, position in the epoch, metric history, ...). Orbax writes
+Each save holds ``state`` (the :class:`~deepnmf_jax.steps.TrainState` pytree, every leaf with a
+leading seed axis) and ``meta`` (JSON: the :class:`Progress`, the history of epoch records, the
+version, and a sha256 of the state's arrays, checked on restore). Orbax writes
 into a temporary folder and renames it when complete, so a process killed while saving leaves no
 partial checkpoint under a step's name; one that is damaged afterwards is detected on restore and the
 previous one is used, with a warning.
@@ -15,6 +16,7 @@ previous one is used, with a warning.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import pathlib
@@ -28,7 +30,85 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
+import deepnmf_jax
+from deepnmf_jax import workdir as workdir_lib
 from deepnmf_jax.errors import CheckpointError
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a run is: completed epochs, the position in the current epoch and its running sums,
+    the best selection accuracy so far, and whether (and why) it has finished."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    loss_sum: list[float] | None = None  # per seed, over the current epoch's steps so far
+    correct: list[int] | None = None
+    best_mean_accuracy: float = -1.0  # mean over seeds, on validation (else test) accuracy
+    finished: bool = False
+    stopped_because: str | None = None
+    dead_class_channels_at_init: list[int] | None = None  # per seed (None: no ReLU head)
+
+    @classmethod
+    def start(cls, num_seeds: int) -> Progress:
+        return cls(loss_sum=[0.0] * num_seeds, correct=[0] * num_seeds)
+
+    def within_epoch(self, stats) -> Progress:
+        """Mid-epoch, after the steps that ``stats`` (an ``EpochStats``) counted."""
+        return dataclasses.replace(
+            self,
+            step_in_epoch=stats.next_step,
+            loss_sum=[float(v) for v in stats.loss_sum],
+            correct=[int(v) for v in stats.correct],
+        )
+
+    def after_epoch(self, epoch, selection, finished, stopped_because) -> Progress:
+        return dataclasses.replace(
+            Progress.start(len(self.loss_sum)),
+            epoch=epoch,
+            best_mean_accuracy=max(selection, self.best_mean_accuracy),
+            finished=finished,
+            stopped_because=stopped_because,
+            dead_class_channels_at_init=self.dead_class_channels_at_init,
+        )
+
+
+def save_run(checkpoints, step, state, progress, history, fetch, best=False) -> None:
+    """Saves a run's state with its progress, history and a checksum of the state's arrays.
+    ``fetch`` brings device arrays to the host (:meth:`deepnmf_jax.parallel.Placement.fetch`)."""
+    meta = {
+        "progress": dataclasses.asdict(progress),
+        "history": history,
+        "version": deepnmf_jax.__version__,
+        "checksum": tree_checksum(fetch(state)),
+    }
+    checkpoints.save(step, state, meta, best=best)
+
+
+def restore_run(checkpoints, like_state, fetch, workdir) -> tuple[Any, Progress, list] | None:
+    """The newest readable (state, progress, history), or None without a checkpoint.
+
+    A checkpoint whose arrays do not match the checksum stored with them counts as unreadable (the
+    next older one is tried). Checkpoints written before the history was kept in them take it
+    from ``workdir/metrics.jsonl``, up to their epoch.
+    """
+
+    def verify(state, meta: dict) -> None:
+        expected = meta.get("checksum")
+        if expected is not None and tree_checksum(fetch(state)) != expected:
+            raise ChecksumMismatch("its arrays do not match their stored checksum")
+
+    restored = checkpoints.restore_latest(abstract_like(like_state), verify=verify)
+    if restored is None:
+        return None
+    state, meta = restored
+    known = {f.name for f in dataclasses.fields(Progress)}
+    progress = Progress(**{k: v for k, v in meta["progress"].items() if k in known})
+    history = meta.get("history")
+    if history is None:
+        metrics = pathlib.Path(workdir) / "metrics.jsonl"
+        history = [r for r in workdir_lib.read_jsonl(metrics) if r["epoch"] <= progress.epoch]
+    return state, progress, history
 
 
 class CheckpointWarning(UserWarning):
@@ -169,7 +249,10 @@ def abstract_like(tree):
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag checked between steps (a second Ctrl-C interrupts at once)."""
+    """Turns SIGINT, SIGTERM and SIGUSR2 (a cluster's preemption or time-limit notice, as SLURM
+    and submitit send it) into a flag checked between steps; a second Ctrl-C interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
     def __init__(self):
         self.requested = None
@@ -183,7 +266,8 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self):
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        """Handles the signals for the duration, then restores the previous handlers."""
+        previous = {s: signal.getsignal(s) for s in self.SIGNALS}
         try:
             for s in previous:
                 signal.signal(s, self._handler)

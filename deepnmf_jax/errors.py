@@ -32,4 +32,12 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 
 class TrainingInterrupted(Exception):
-    """The run was stopped by Ctrl-C or SIGTERM after saving a checkpoint."""
+    """The run was stopped by a signal (Ctrl-C, SIGTERM, SIGUSR2) after saving a checkpoint.
+
+    Attributes:
+      signal: the signal's name (``"SIGINT"``, ...), or None.
+    """
+
+    def __init__(self, message: str, signal: str | None = None):
+        super().__init__(message)
+        self.signal = signal

@@ -18,55 +18,20 @@ Archives are read as data only (:mod:`deepnmf_jax.archives`).
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import importlib.resources
 import logging
 import os
 import pathlib
-import tarfile
-import zlib
 
 import numpy as np
 
-from deepnmf_jax import archives
-from deepnmf_jax.errors import DataError, UserError
+from deepnmf_jax import archives, dataset_files
+from deepnmf_jax.dataset_files import DATASETS, Split
+from deepnmf_jax.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "folder", "tfds", "download", "sample")
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """One split: images (N, H, W, C) uint8 and labels (N,) int32."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __post_init__(self):
-        if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(
-                f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}"
-            )
-        if self.labels.shape != self.images.shape[:1]:
-            raise ValueError(f"{self.labels.shape[0]} labels for {self.images.shape[0]} images")
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def take(self, count: int) -> Split:
-        """The first ``count`` examples (all if ``count`` <= 0)."""
-        return self if count <= 0 else Split(self.images[:count], self.labels[:count])
-
-    def split_off(self, count: int, seed: int = 0) -> tuple[Split, Split]:
-        """(rest, held out): ``count`` examples chosen by a fixed permutation (the last ``count`` of
-        ``permutation(seed)``) are held out; the rest keep their order."""
-        held = np.zeros(len(self), bool)
-        held[np.random.default_rng(seed).permutation(len(self))[len(self) - count :]] = True
-        return (
-            Split(self.images[~held], self.labels[~held]),
-            Split(self.images[held], self.labels[held]),
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,122 +44,11 @@ class Dataset:
     validation: Split | None = None  # held out of the training set (config.data.validation_size)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    num_classes: int
-    archive: str | None  # single tar archive (CIFAR) or None (separate files)
-    folder: str | None  # extracted folder inside the archive
-    files: dict[str, str]  # file name -> official MD5
-    url: str  # base URL of the official files
-    tfds_name: str
-
-
-DATASETS = {
-    "cifar10": _Spec(
-        num_classes=10,
-        archive="cifar-10-python.tar.gz",
-        folder="cifar-10-batches-py",
-        files={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
-        url="https://www.cs.toronto.edu/~kriz/",
-        tfds_name="cifar10",
-    ),
-    "cifar100": _Spec(
-        num_classes=100,
-        archive="cifar-100-python.tar.gz",
-        folder="cifar-100-python",
-        files={"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
-        url="https://www.cs.toronto.edu/~kriz/",
-        tfds_name="cifar100",
-    ),
-    "fashion_mnist": _Spec(
-        num_classes=10,
-        archive=None,
-        folder=None,
-        files={
-            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-        },
-        url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        tfds_name="fashion_mnist",
-    ),
-}
-
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "deepnmf_jax")
 
 
 class DataNotFoundError(UserError, FileNotFoundError):
     """No source could provide the dataset; the message says where it looked and what to do."""
-
-
-# --- parsing ----------------------------------------------------------------------------------------
-
-
-def _cifar_split(batches: list[dict], source: str) -> Split:
-    images, labels = [], []
-    for batch in batches:
-        data = batch.get(b"data")
-        label_list = batch.get(b"labels", batch.get(b"fine_labels"))
-        if (
-            not isinstance(data, np.ndarray)
-            or data.dtype != np.uint8
-            or data.ndim != 2
-            or data.shape[1] != 3072
-        ):
-            raise archives.UnsafeArchiveError(f"{source}: b'data' is not a uint8 (N, 3072) array")
-        if label_list is None or len(label_list) != data.shape[0]:
-            raise archives.UnsafeArchiveError(f"{source}: labels missing or of the wrong length")
-        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(label_list, np.int32))
-    return Split(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels))
-
-
-def _cifar_members(name: str) -> dict[str, list[str]]:
-    if name == "cifar10":
-        return {"train": [f"data_batch_{k}" for k in range(1, 6)], "test": ["test_batch"]}
-    return {"train": ["train"], "test": ["test"]}
-
-
-def _read_cifar(name: str, location: pathlib.Path) -> tuple[Split, Split]:
-    """``location`` is the archive (.tar.gz) or the extracted folder."""
-    spec = DATASETS[name]
-    splits = []
-    for split_members in _cifar_members(name).values():
-        batches = []
-        for member in split_members:
-            label = f"{location}:{member}"
-            if location.is_dir():
-                data = (location / member).read_bytes()
-            else:
-                data = archives.read_tar_member(location, f"{spec.folder}/{member}")
-            batches.append(archives.safe_unpickle(data, label))
-        splits.append(_cifar_split(batches, str(location)))
-    return splits[0], splits[1]
-
-
-def _read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
-    data = gzip.decompress(path.read_bytes())
-    found = int.from_bytes(data[:4], "big")
-    if found != magic:
-        raise archives.UnsafeArchiveError(
-            f"{path}: not an IDX file with magic {magic} (got {found})"
-        )
-    ndim = magic & 0xFF
-    dims = [int.from_bytes(data[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim)]
-    offset = 4 + 4 * ndim
-    if len(data) - offset != int(np.prod(dims)):
-        raise archives.UnsafeArchiveError(f"{path}: size does not match its header {dims}")
-    return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
-
-
-def _read_fashion_mnist(folder: pathlib.Path) -> tuple[Split, Split]:
-    splits = []
-    for prefix in ("train", "t10k"):
-        images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", 2051)[..., None]
-        labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", 2049).astype(np.int32)
-        splits.append(Split(np.ascontiguousarray(images), labels))
-    return splits[0], splits[1]
 
 
 # --- sources ----------------------------------------------------------------------------------------
@@ -214,33 +68,12 @@ def _from_folder(name: str, folders: list[pathlib.Path]) -> tuple[Split, Split, 
     for folder in folders:
         if spec.archive is None:
             if all((folder / f).is_file() for f in spec.files):
-                return (*_read_fashion_mnist(folder), str(folder))
+                return (*dataset_files.read_fashion_mnist(folder), str(folder))
             continue
         for location in (folder / spec.folder, folder / spec.archive):
             if location.exists():
-                return (*_read_damaged_as_data_error(name, location), str(location))
+                return (*dataset_files.read_cifar_or_explain(name, location), str(location))
     return None
-
-
-def _read_damaged_as_data_error(name: str, location: pathlib.Path) -> tuple[Split, Split]:
-    """:func:`_read_cifar`, with a truncated, empty, not-gzip or incomplete archive or folder
-    reported as one :class:`DataError` (and, for an archive, whether its MD5 is the official
-    one, so that a damaged download is named as such)."""
-    try:
-        return _read_cifar(name, location)
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, FileNotFoundError) as error:
-        detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        if location.is_dir():
-            raise DataError(f"{location} is incomplete or damaged ({detail})") from None
-        official = DATASETS[name].files.get(location.name)
-        md5 = archives.md5sum(location)
-        verdict = (
-            f"its MD5 {md5} is not the official {official}: the file is damaged (a cut-short "
-            "download?) or not the official archive; delete it and download it again"
-            if official and md5 != official
-            else "delete it and provide it again"
-        )
-        raise DataError(f"cannot read {location} ({detail}); {verdict}") from None
 
 
 def _from_tfds(name: str, data_dir: str | None) -> tuple[Split, Split, str] | None:
@@ -339,14 +172,17 @@ def load_dataset(
         looked.append("no download (DEEPNMF_NO_DOWNLOAD is set)")
     elif found is None and source in ("auto", "download"):
         url = download_url or DATASETS[name].url
-        log.warning(
-            "%s: not found locally; downloading %s from %s into %s (forbid with "
-            "--config.data.source=folder or DEEPNMF_NO_DOWNLOAD=1)",
-            name,
-            ", ".join(f"{f} ({DOWNLOAD_MB.get(f, '?')} MB)" for f in DATASETS[name].files),
-            url,
-            pathlib.Path(cache_dir).expanduser() / name,
-        )
+        cached = pathlib.Path(cache_dir).expanduser() / name
+        missing = [f for f in DATASETS[name].files if not (cached / f).exists()]
+        if missing:  # (a file already in the cache is only verified, not announced)
+            log.warning(
+                "%s: not found locally; downloading %s from %s into %s (forbid with "
+                "--config.data.source=folder or DEEPNMF_NO_DOWNLOAD=1)",
+                name,
+                ", ".join(f"{f} ({DOWNLOAD_MB.get(f, '?')} MB)" for f in missing),
+                url,
+                cached,
+            )
         try:
             found = _from_download(name, cache_dir, download_url, progress)
         except (OSError, archives.ChecksumError) as error:
@@ -366,3 +202,41 @@ def load_dataset(
         )
     train, test, where = found
     return Dataset(name, train, test, DATASETS[name].num_classes, where)
+
+
+def load_for_config(config) -> Dataset:
+    """The dataset of a training config, limited (``data.train_limit``, ``test_limit``) and with its
+    validation split (``data.validation_size``). In a multi-process run process 0 loads (and
+    downloads, if it must) first and the others after it, from what it cached."""
+    import jax
+
+    def load():
+        return load_dataset(
+            config.data.name,
+            source=config.data.source,
+            data_dir=config.data.data_dir or None,
+            cache_dir=config.data.cache_dir,
+            download_url=config.data.download_url or None,
+            progress=config.progress,
+        )
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        data = load() if jax.process_index() == 0 else None
+        multihost_utils.sync_global_devices("deepnmf_jax: dataset loaded by process 0")
+        data = data or load()
+    else:
+        data = load()
+    train = data.train.take(config.data.train_limit)
+    validation = None
+    size = config.data.validation_size
+    if size:
+        if size >= len(train):
+            raise ConfigError(
+                f"config.data.validation_size = {size} leaves no training images of {len(train)}"
+            )
+        train, validation = train.split_off(size)
+    return dataclasses.replace(
+        data, train=train, test=data.test.take(config.data.test_limit), validation=validation
+    )

@@ -60,7 +60,7 @@ class NMFConv(nn.Module):
     Attributes:
       features: number of NMF hidden units F (output channels).
       kernel_size, strides, padding: as :func:`extract_patches` (``"full"``: the whole input).
-      iterations, epsilon, gradient, remat, check_inputs, chunk_bytes, precision: passed to
+      options: how the fixed point runs (:class:`deepnmf_jax.nmf.NMFOptions`), passed whole to
         :func:`nmf.nmf_fixed_point`.
       groups: grouped NMF (module docstring); 1 is the paper's layer.
       probes: add zero "perturbations" to the NMF input x and the codes h (``nn.Module.perturb``),
@@ -76,23 +76,18 @@ class NMFConv(nn.Module):
     kernel_size: KernelSize
     strides: int | Sequence[int] = 1
     padding: int | Sequence[int] = 0
-    iterations: int = 20
-    epsilon: float | None = None
-    gradient: nmf.Gradient = "approximate"
-    remat: bool = False
+    options: nmf.NMFOptions = nmf.NMFOptions()
     groups: int = 1
-    check_inputs: bool = False
     probes: bool = False
-    chunk_bytes: int | None = None
-    precision: nmf.Precision = "float32"
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps (N, H, W, C) non-negative inputs to codes (N, H', W', F) that sum to 1 over F."""
+        name = "/".join(self.path) or "nmf"  # e.g. "block2/a", for the messages below
         patch_features = extract_patches(x, self.kernel_size, self.strides, self.padding)
         in_features = patch_features.shape[-1]
-        patches.check_groups(self.groups, x.shape[-1], self.features, f"NMFConv {self.name}")
+        patches.check_groups(self.groups, x.shape[-1], self.features, f"NMFConv {name}")
         u = self.param(
             "kernel",
             uniform(0.0, 1.0),
@@ -100,18 +95,7 @@ class NMFConv(nn.Module):
             self.param_dtype,
         )
         w = nmf.normalize_weight(u).astype(x.dtype)
-        run = lambda inputs, weight: nmf.nmf_fixed_point(
-            inputs,
-            weight,
-            iterations=self.iterations,
-            epsilon=self.epsilon,
-            gradient=self.gradient,
-            remat=self.remat,
-            check_inputs=self.check_inputs,
-            chunk_bytes=self.chunk_bytes,
-            precision=self.precision,
-            name=self.name or "nmf",
-        )
+        run = lambda inputs, weight: nmf.nmf_fixed_point(inputs, weight, self.options, name=name)
         inputs = group_l1_normalize(patch_features, self.groups)
         if self.probes:
             inputs = self.perturb("nmf_input", inputs)
@@ -156,7 +140,9 @@ class PatchConv(nn.Module):
             raise ValueError(f"method must be one of {PATCH_CONV_METHODS}, got {self.method!r}")
         geometry = patches.patch_geometry(x.shape, self.kernel_size, self.strides, self.padding)
         in_features = x.shape[-1] * geometry.kernel[0] * geometry.kernel[1]
-        patches.check_groups(self.groups, x.shape[-1], self.features, f"PatchConv {self.name}")
+        patches.check_groups(
+            self.groups, x.shape[-1], self.features, f"PatchConv {'/'.join(self.path)}"
+        )
         bound = (self.groups / in_features) ** 0.5
         kernel = self.param(
             "kernel",
@@ -181,9 +167,16 @@ class Mix1x1(nn.Module):
     Weights of both signs mix the features. Initialised to the identity plus U(-0.5, 0.5) * 1e-4 noise
     (weight and bias), as the reference (``append_block.py:194``), so at the start it passes the
     L1-normalised, rectified input through almost unchanged.
+
+    Attributes:
+      groups: grouped 1x1 convolution (torch-style: channel groups map to themselves).
+      normalize_input: ReLU and L1 normalisation over channels before the convolution (the
+        reference). False makes it a plain 1x1 convolution of the input: a channel that is negative
+        on every image then still passes gradient (the ``head="linear"`` option of the models).
     """
 
     groups: int = 1
+    normalize_input: bool = True
     noise_scale: float = 1e-4
     param_dtype: jnp.dtype = jnp.float32
 
@@ -191,7 +184,7 @@ class Mix1x1(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps (..., C) to (..., C)."""
         channels = x.shape[-1]
-        patches.check_groups(self.groups, channels, channels, f"Mix1x1 {self.name}")
+        patches.check_groups(self.groups, channels, channels, f"Mix1x1 {'/'.join(self.path)}")
         shape = patches.kernel_shape(channels, channels, self.groups)
 
         def kernel_init(key, shape, dtype):
@@ -203,7 +196,7 @@ class Mix1x1(nn.Module):
 
         kernel = self.param("kernel", kernel_init, shape, self.param_dtype)
         bias = self.param("bias", bias_init, (channels,), self.param_dtype)
-        y = nmf.l1_normalize(nn.relu(x))
+        y = nmf.l1_normalize(nn.relu(x)) if self.normalize_input else x
         y = grouped_linear(y, kernel.astype(x.dtype))
         return y + _per_channel(bias, y)
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from deepnmf_jax import layers, nmf
 
@@ -32,7 +33,8 @@ class BlockSpec:
       kernel_size: an int, a pair, or ``"full"`` (the whole input of the block).
       pool: whether an AvgPool 2x2 / stride 2 follows the block.
       strides, padding: of the patch extraction.
-      groups: grouped a- and b-layers (see :mod:`deepnmf_jax.layers`).
+      groups: groups of the a-layer (the NMF layer, or its CNN counterpart).
+      mix_groups: groups of the "+1x1" b-layer.
     """
 
     features: int
@@ -41,65 +43,46 @@ class BlockSpec:
     strides: int = 1
     padding: int = 0
     groups: int = 1
+    mix_groups: int = 1
 
 
 A_LAYERS = ("nmf", "conv")
-
-
-@dataclasses.dataclass(frozen=True)
-class NMFOptions:
-    """How every NMF layer of a network runs (see :class:`deepnmf_jax.layers.NMFConv`)."""
-
-    iterations: int = 20
-    epsilon: float | None = None
-    gradient: nmf.Gradient = "approximate"
-    remat: bool = False
-    check_inputs: bool = False
-    probes: bool = False
-    chunk_bytes: int | None = None  # None: automatic (nmf.nmf_fixed_point); 0: no chunking
-    precision: nmf.Precision = "float32"  # of the NMF loops' matrix products
+HEADS = ("reference", "linear")
 
 
 class Block(nn.Module):
-    """One block of the network (module docstring). Returns (output, intermediates)."""
+    """One block of the network (module docstring). Returns (output, intermediates).
+
+    ``normalize_mix_input=False`` makes the b-layer a plain 1x1 convolution (see ``head``)."""
 
     spec: BlockSpec
     a_layer: Literal["nmf", "conv"]
     mix: bool
-    nmf_options: NMFOptions = NMFOptions()
+    nmf_options: nmf.NMFOptions = nmf.NMFOptions()
     batch_norm: Literal["batch", "running"] = "batch"
     patch_conv: Literal["matmul", "conv", "patches"] = "matmul"
+    normalize_mix_input: bool = True
+    probes: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
         spec = self.spec
         x = nn.relu(x)
+        geometry = (spec.features, spec.kernel_size, spec.strides, spec.padding)
         if self.a_layer == "nmf":
             a = layers.NMFConv(
-                spec.features,
-                spec.kernel_size,
-                spec.strides,
-                spec.padding,
-                groups=spec.groups,
-                name="a",
-                **dataclasses.asdict(self.nmf_options),
+                *geometry, self.nmf_options, groups=spec.groups, probes=self.probes, name="a"
             )(x)
         elif self.a_layer == "conv":
-            a = layers.PatchConv(
-                spec.features,
-                spec.kernel_size,
-                spec.strides,
-                spec.padding,
-                groups=spec.groups,
-                method=self.patch_conv,
-                name="a",
-            )(x)
+            a = layers.PatchConv(*geometry, groups=spec.groups, method=self.patch_conv, name="a")(x)
         else:
             raise ValueError(f"a_layer must be one of {A_LAYERS}, got {self.a_layer!r}")
         with_bn = a.shape[1] * a.shape[2] > 1  # the reference's "no BatchNorm at 1x1" rule
         y = layers.BatchNorm(self.batch_norm, name="a_bn")(a, train) if with_bn else a
         if self.mix:
-            y = layers.Mix1x1(groups=spec.groups, name="b")(y)
+            y = layers.Mix1x1(
+                groups=spec.mix_groups, normalize_input=self.normalize_mix_input, name="b"
+            )(y)
             if with_bn:
                 y = layers.BatchNorm(self.batch_norm, name="b_bn")(y, train)
         if spec.pool:
@@ -115,6 +98,13 @@ class DeepNMF(nn.Module):
     ``(probs, intermediates)`` where ``intermediates["blockK"]["a"]`` is the a-layer's output (for an
     NMF layer the final codes h, NHWC) and ``["out"]`` the block's output (after pooling).
 
+    Attributes:
+      head: ``"reference"``: the last block's b-layer rectifies and L1-normalises the class
+        channels before its 1x1 convolution, as every b-layer does; ``"linear"``: a plain 1x1
+        convolution there. In CNN+1x1 a class channel that is negative on every image gets no
+        gradient through the ReLU and can stay dead; NMF codes are non-negative and sum to 1, so
+        for CNMF+1x1 the two heads compute the same function. No effect without b-layers.
+
     Computation runs in the images' dtype (float32 by default; float64 throughout for float64 images
     and variables).
     """
@@ -122,10 +112,12 @@ class DeepNMF(nn.Module):
     blocks: Sequence[BlockSpec]
     a_layer: Literal["nmf", "conv"]
     mix: bool
-    nmf_options: NMFOptions = NMFOptions()
+    nmf_options: nmf.NMFOptions = nmf.NMFOptions()
     batch_norm: Literal["batch", "running"] = "batch"
     patch_conv: Literal["matmul", "conv", "patches"] = "matmul"
+    head: Literal["reference", "linear"] = "reference"
     input_channels: int | None = None
+    probes: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool, return_intermediates: bool = False) -> Any:
@@ -144,6 +136,7 @@ class DeepNMF(nn.Module):
         x = images
         intermediates = {}
         for index, spec in enumerate(self.blocks, start=1):
+            last = index == len(self.blocks)
             x, intermediates[f"block{index}"] = Block(
                 spec,
                 self.a_layer,
@@ -151,6 +144,8 @@ class DeepNMF(nn.Module):
                 self.nmf_options,
                 self.batch_norm,
                 self.patch_conv,
+                normalize_mix_input=not (last and self.head == "linear"),
+                probes=self.probes,
                 name=f"block{index}",
             )(x, train)
         if x.shape[1:3] != (1, 1):
@@ -173,19 +168,23 @@ PAPER_MODELS = {
 PAPER_WIDTHS = (32, 64, 96)
 
 
-def paper_blocks(width: float = 1, groups: int = 1, num_classes: int = 10) -> tuple[BlockSpec, ...]:
+def paper_blocks(
+    width: float = 1, groups: int = 1, num_classes: int = 10, mix_groups: int | None = None
+) -> tuple[BlockSpec, ...]:
     """The paper's four blocks: 5x5 -> 32, pool; 5x5 -> 64, pool; full -> 96; 1x1 -> classes.
 
-    ``width`` multiplies the hidden widths (32, 64, 96). ``groups`` applies to the a- and b-layers of
-    blocks 2 and 3: block 1 sees the image's 1 or 3 channels and block 4 produces the classes.
+    ``width`` multiplies the hidden widths (32, 64, 96). ``groups`` applies to the a-layers and
+    ``mix_groups`` (default: ``groups``) to the 1x1 b-layers of blocks 2 and 3: block 1 sees the
+    image's 1 or 3 channels and block 4 produces the classes.
     """
     if width <= 0:
         raise ValueError(f"width must be positive, got {width!r}")
+    mix_groups = groups if mix_groups is None else mix_groups
     f1, f2, f3 = (round(width * f) for f in PAPER_WIDTHS)
     return (
         BlockSpec(f1, 5, pool=True),
-        BlockSpec(f2, 5, pool=True, groups=groups),
-        BlockSpec(f3, "full", groups=groups),
+        BlockSpec(f2, 5, pool=True, groups=groups, mix_groups=mix_groups),
+        BlockSpec(f3, "full", groups=groups, mix_groups=mix_groups),
         BlockSpec(num_classes, 1),
     )
 
@@ -195,64 +194,63 @@ def build_model(
     *,
     width: float = 1,
     groups: int = 1,
+    groups_nmf: int | None = None,
+    groups_mix: int | None = None,
     num_classes: int = 10,
     input_channels: int | None = None,
-    iterations: int = 20,
-    epsilon: float | None = None,
-    gradient: nmf.Gradient = "approximate",
-    remat: bool = False,
+    nmf_options: nmf.NMFOptions | None = None,
     batch_norm: Literal["batch", "running"] = "batch",
-    check_inputs: bool = False,
-    probes: bool = False,
-    chunk_bytes: int | None = None,
-    precision: nmf.Precision = "float32",
     patch_conv: Literal["matmul", "conv", "patches"] = "matmul",
+    head: Literal["reference", "linear"] = "reference",
+    probes: bool = False,
+    **nmf_overrides,
 ) -> DeepNMF:
     """Builds one of the paper's models by name: ``"cnn" | "cnmf" | "cnn_1x1" | "cnmf_1x1"``.
 
     Args:
       name: the model (``PAPER_MODELS``).
       width: multiplier of the hidden widths 32, 64, 96.
-      groups: groups of blocks 2 and 3 (:func:`paper_blocks`).
+      groups: groups of blocks 2 and 3, for the a-layers and the 1x1 layers alike
+        (:func:`paper_blocks`); ``groups_nmf`` (the a-layers: NMF, or its CNN counterpart) and
+        ``groups_mix`` (the 1x1 layers) set them separately.
       num_classes: 10 (CIFAR-10, Fashion-MNIST) or 100 (CIFAR-100).
       input_channels: if given, images with another channel count are rejected (3 for CIFAR,
         1 for Fashion-MNIST, whose images are 24 x 24 after cropping in the reference).
-      iterations, epsilon, gradient, remat: of every NMF layer
-        (:func:`deepnmf_jax.nmf.nmf_fixed_point`; ``remat`` with ``gradient="unrolled"`` only).
+      nmf_options: how every NMF layer runs (:class:`deepnmf_jax.nmf.NMFOptions`), passed whole.
       batch_norm: ``"batch"`` (the reference's batch statistics everywhere) or ``"running"``.
-      check_inputs: checkify checks in every NMF layer (see :func:`deepnmf_jax.nmf.checked`).
-      probes: gradient probes in every NMF layer (:class:`deepnmf_jax.layers.NMFConv`).
-      chunk_bytes: working set per chunk of positions of the NMF loops
-        (:func:`deepnmf_jax.nmf.nmf_fixed_point`; None: automatic, 0: no chunking).
-      precision: of the NMF loops' matrix products: ``"float32"``, ``"bfloat16"`` (mixed) or
-        ``"tf32"`` (:func:`deepnmf_jax.nmf.nmf_fixed_point`).
       patch_conv: how the CNN a-layers compute (:class:`deepnmf_jax.layers.PatchConv`).
+      head: ``"reference"`` or ``"linear"`` (:class:`DeepNMF`).
+      probes: gradient probes in every NMF layer (:class:`deepnmf_jax.layers.NMFConv`).
+      **nmf_overrides: fields of ``nmf_options`` to replace, e.g. ``iterations=5``,
+        ``gradient="unrolled"``.
 
     Returns:
       the :class:`DeepNMF` module; ``model.apply(variables, images, train=bool)`` -> probabilities.
     """
     if name not in PAPER_MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(PAPER_MODELS)}")
-    if gradient not in nmf.GRADIENT_MODES:
-        raise ValueError(f"gradient must be one of {nmf.GRADIENT_MODES}, got {gradient!r}")
-    if remat and gradient != "unrolled":
-        raise ValueError(f"remat=True only applies to gradient='unrolled', got {gradient!r}")
-    if precision not in nmf.PRECISIONS:
-        raise ValueError(f"precision must be one of {nmf.PRECISIONS}, got {precision!r}")
+    unknown = set(nmf_overrides) - {f.name for f in dataclasses.fields(nmf.NMFOptions)}
+    if unknown:
+        raise TypeError(f"build_model() got unexpected keyword arguments {sorted(unknown)}")
+    options = dataclasses.replace(nmf_options or nmf.NMFOptions(), **nmf_overrides)
     if patch_conv not in layers.PATCH_CONV_METHODS:
         raise ValueError(
             f"patch_conv must be one of {layers.PATCH_CONV_METHODS}, got {patch_conv!r}"
         )
     if batch_norm not in layers.BATCH_NORM_MODES:
         raise ValueError(f"batch_norm must be one of {layers.BATCH_NORM_MODES}, got {batch_norm!r}")
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    a_groups = groups if groups_nmf is None else groups_nmf
+    mix_groups = groups if groups_mix is None else groups_mix
     return DeepNMF(
-        blocks=paper_blocks(width, groups, num_classes),
-        nmf_options=NMFOptions(
-            iterations, epsilon, gradient, remat, check_inputs, probes, chunk_bytes, precision
-        ),
+        blocks=paper_blocks(width, a_groups, num_classes, mix_groups),
+        nmf_options=options,
         patch_conv=patch_conv,
         batch_norm=batch_norm,
+        head=head,
         input_channels=input_channels,
+        probes=probes,
         **PAPER_MODELS[name],
     )
 
@@ -260,3 +258,32 @@ def build_model(
 def count_params(params: Any) -> int:
     """Number of scalar parameters in a pytree."""
     return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(params))
+
+
+PARAM_KINDS = ("nmf", "conv", "batchnorm")
+
+
+def param_breakdown(model: DeepNMF, params: Any) -> dict[str, int | float | None]:
+    """Parameters per kind: ``nmf`` (the NMF layers' U), ``conv`` (the CNN a-layers and the 1x1
+    b-layers, weights and biases), ``batchnorm`` (scales and biases), their ``total``, and
+    ``cnn_nmf_ratio`` = conv / nmf (None without NMF parameters): the ratio of paper Fig. 6b."""
+    counts = dict.fromkeys(PARAM_KINDS, 0)
+    for path, leaf in traverse_util.flatten_dict(params).items():
+        layer = path[1] if len(path) > 1 else path[0]
+        if layer.endswith("_bn"):
+            kind = "batchnorm"
+        elif layer == "a" and model.a_layer == "nmf":
+            kind = "nmf"
+        else:
+            kind = "conv"
+        counts[kind] += int(leaf.size)
+    total = sum(counts.values())
+    ratio = counts["conv"] / counts["nmf"] if counts["nmf"] else None
+    return {**counts, "total": total, "cnn_nmf_ratio": ratio}
+
+
+def abstract_params(model: DeepNMF, image_shape: Sequence[int]) -> Any:
+    """The parameter tree's shapes for (H, W, C) images, without computing anything."""
+    images = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    return shapes["params"]

@@ -7,12 +7,15 @@ a single seed) over the seeds.
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 import subprocess
 
 import numpy as np
 
 from deepnmf_jax import workdir as workdir_lib
+
+log = logging.getLogger(__name__)
 
 
 def mean_std(values) -> dict[str, float]:
@@ -59,57 +62,133 @@ def read_history(workdir: pathlib.Path) -> list[dict]:
     return workdir_lib.read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")
 
 
-def truncate_history(workdir: pathlib.Path, epochs: int) -> None:
-    """Drops records after ``epochs`` (after a resume from an older checkpoint)."""
+def rewrite_history(workdir: pathlib.Path, history: list[dict]) -> None:
+    """Makes ``metrics.jsonl`` hold exactly ``history`` (after a resume: epochs logged after the
+    restored checkpoint, and a torn last line, go)."""
     path = pathlib.Path(workdir) / "metrics.jsonl"
-    if path.exists():
-        history = [r for r in read_history(workdir) if r["epoch"] <= epochs]
+    logged = read_history(workdir)  # warns about a torn last line
+    later = [r["epoch"] for r in logged if r.get("epoch", 0) > len(history)]
+    if later:
+        log.warning(
+            "%s: dropped epochs %s, logged after the checkpoint the run resumes from",
+            path,
+            ", ".join(map(str, later)),
+        )
+    if path.exists() or history:
         workdir_lib.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in history))
 
 
-def _band(ax, epochs, history, key, color, label, scale=1.0):
-    values = scale * np.array([r[key] for r in history], np.float64)  # (epochs, seeds)
-    ax.plot(epochs, values.mean(1), color=color, marker="o", ms=3, label=f"{label} (mean)")
-    ax.fill_between(epochs, values.min(1), values.max(1), color=color, alpha=0.25, lw=0)
-    return values
+def epoch_record(
+    *,
+    epoch,
+    stats,
+    num_train,
+    test_accuracy,
+    val_accuracy,
+    learning_rates,
+    lr_scale,
+    dead_class_channels,
+) -> dict:
+    """One line of ``metrics.jsonl``: every metric per seed (``stats`` is an ``EpochStats``)."""
+    record = {
+        "epoch": epoch,
+        "train_loss": (stats.loss_sum / num_train).tolist(),
+        "train_loss_sum": stats.loss_sum.tolist(),
+        "train_accuracy": (stats.correct / num_train).tolist(),
+        "test_accuracy": np.asarray(test_accuracy, np.float64).tolist(),
+        "learning_rates": learning_rates,
+        "lr_scale": np.asarray(lr_scale, np.float64).tolist(),
+        "epoch_time_s": stats.seconds,
+        "train_images_per_s": stats.images_per_s,
+    }
+    if val_accuracy is not None:
+        record["val_accuracy"] = np.asarray(val_accuracy, np.float64).tolist()
+    if dead_class_channels is not None:
+        record["dead_class_channels"] = dead_class_channels
+    return record
+
+
+def log_epoch(record: dict, seeds: list[int]) -> None:
+    test = np.asarray(record["test_accuracy"])
+    validation = ""
+    if "val_accuracy" in record:
+        validation = f"val acc {100 * float(np.mean(record['val_accuracy'])):.2f} %, "
+    log.info(
+        "epoch %d: train loss %.4f, train acc %.2f %%, %stest acc %.2f +/- %.2f %% over %s, "
+        "lr %s, %.1f s",
+        record["epoch"],
+        float(np.mean(record["train_loss"])),
+        100 * float(np.mean(record["train_accuracy"])),
+        validation,
+        100 * float(np.mean(test)),
+        100 * mean_std(test)["std"],
+        plural(len(seeds), "seed"),
+        ", ".join(f"{g} {lr:.3g}" for g, lr in record["learning_rates"].items()),
+        record["epoch_time_s"],
+    )
+
+
+def head_rectifies_classes(model) -> bool:
+    """Whether the class channels pass a ReLU before the last layer (the +1x1 models with the
+    reference head), so that a channel <= 0 on every image is dead."""
+    return bool(model.mix) and model.head == "reference"
+
+
+def param_counts(model, params) -> dict:
+    """One seed's parameters per kind and the CNN/NMF ratio (:func:`models.param_breakdown`)."""
+    from deepnmf_jax import models
+
+    return models.param_breakdown(model, params)
+
+
+def finish(config, workdir: pathlib.Path, data, model, history: list[dict], progress) -> dict:
+    """Writes ``results.json`` and the learning curves from the in-memory history."""
+    from deepnmf_jax import models, optim, plots
+
+    if not history:
+        raise RuntimeError(f"{workdir} has no epochs to report")
+    seeds = [config.seed + k for k in range(config.num_seeds)]
+    schedule = optim.Schedule(config.optim, 1, config.num_epochs, config.batch_size)
+    image_shape = (config.augment.crop_size, config.augment.crop_size, data.train.images.shape[-1])
+    results = {
+        "model": config.model.name,
+        "config": json.loads(config.to_json_best_effort()),
+        "version": _version(),
+        "git_commit": git_commit(pathlib.Path(__file__).resolve().parent),
+        "dataset": {
+            "name": data.name,
+            "source": data.source,
+            "train_size": len(data.train),
+            "validation_size": 0 if data.validation is None else len(data.validation),
+            "test_size": len(data.test),
+        },
+        "parameters": models.param_breakdown(model, models.abstract_params(model, image_shape)),
+        "epochs_completed": progress.epoch,
+        "stopped_because": progress.stopped_because or "unknown",
+        "train_time_s": float(sum(r["epoch_time_s"] for r in history)),
+        "dead_class_channels": {
+            "at_init": progress.dead_class_channels_at_init,
+            "final": history[-1].get("dead_class_channels"),
+        },
+        **summarize(history, seeds, schedule.finished),
+    }
+    workdir_lib.atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))
+    plots.plot_learning_curves(
+        history, workdir / "learning_curves.png", title=f"{config.model.name} on {data.name}"
+    )
+    log.info("%s", format_summary(results))
+    return results
+
+
+def _version() -> str:
+    import deepnmf_jax
+
+    return deepnmf_jax.__version__
 
 
 def plural(count: int, noun: str) -> str:
     """``1 seed``, ``2 seeds``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def plot_learning_curves(history: list[dict], path: pathlib.Path, title: str = "") -> None:
-    """Training loss, and train, validation and test accuracy (%), against epoch: the seed mean
-    with a min-max band. Points are marked, so a single epoch shows too; the loss axis is
-    logarithmic only when the loss spans more than a decade."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    epochs = np.array([r["epoch"] for r in history])
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    loss = _band(loss_ax, epochs, history, "train_loss", "C0", "training loss per image")
-    if loss.min() > 0 and loss.max() / loss.min() > 10:
-        loss_ax.set_yscale("log")
-    loss_ax.set_ylabel("training loss per image")
-    _band(acc_ax, epochs, history, "train_accuracy", "C1", "train accuracy", 100)
-    if all("val_accuracy" in r for r in history):
-        _band(acc_ax, epochs, history, "val_accuracy", "C2", "validation accuracy", 100)
-    _band(acc_ax, epochs, history, "test_accuracy", "C0", "test accuracy", 100)
-    acc_ax.set_ylabel("accuracy (%)")
-    for ax in (loss_ax, acc_ax):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
-    seeds = len(history[0]["test_accuracy"]) if history else 0
-    band = "; band: min to max over seeds" if seeds > 1 else ""
-    fig.suptitle(f"{title} ({plural(seeds, 'seed')}, {plural(len(history), 'epoch')}{band})")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def git_commit(directory: pathlib.Path) -> str | None:

@@ -1,22 +1,26 @@
-"""The jitted, seed-vmapped, sharded functions of a run: init, train step, evaluation, plateau update.
+"""The per-seed pure functions of training (init, train step, prediction, the epoch's schedule update)
+and :func:`make_steps`, which builds them once into jitted, seed-vmapped, sharded :class:`Steps`.
 
-Every leaf of the :class:`TrainState` has a leading seed axis and the per-seed functions are
-``jax.vmap``-ed over it (or run one seed after another with ``lax.map`` on a CPU, ``seed_loop``), so
+Every leaf of a :class:`TrainState` has a leading seed axis in a run; the per-seed functions here see
+one seed and are ``jax.vmap``-ed over it (or run one seed after another, ``parallel.seed_loop``), so
 ``config.num_seeds`` replicas train together in one program.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
+import chex
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+from jax.experimental import checkify
 
-from deepnmf_jax import augment, losses, models, optim, parallel
-from deepnmf_jax.errors import ConfigError
+from deepnmf_jax import augment, losses, models, nmf, optim, parallel
 
 
 @flax.struct.dataclass
@@ -29,261 +33,271 @@ class TrainState:
     opt_state: Any  # Adam per parameter group
     plateau_state: Any  # optax reduce_on_plateau, advanced once per epoch
     augment_key: jax.Array  # raw uint32 key data; step k uses fold_in(key, k)
+    ema_params: Any  # {} unless optim.ema_decay > 0: the parameters evaluation uses
 
 
-def _augment_config(config) -> augment.AugmentConfig:
-    return augment.AugmentConfig(**config.augment.to_dict())
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What the per-seed functions need besides their arguments; built once by :func:`make_steps`."""
+
+    model: models.DeepNMF
+    tx: optax.GradientTransformation
+    schedule: optim.Schedule
+    loss_fn: Callable
+    augment: augment.AugmentConfig
+    input_shape: tuple[int, int, int]  # (H, W, C) after cropping
+    batch_size: int
+    eval_batch_size: int
+    steps_per_epoch: int
+    ema_decay: float
+    batch_sharding: Any = None  # where the augmented batch lives (mesh axis "data")
+
+    @property
+    def running_bn(self) -> bool:
+        return self.model.batch_norm == "running"
 
 
-class Trainer:
-    """The jitted, seed-vmapped, sharded functions of one run.
+def model_from_config(config, num_classes: int, input_channels: int | None) -> models.DeepNMF:
+    """The model a config describes, with its NMF options passed whole."""
+    m = config.model
+    options = nmf.NMFOptions(
+        iterations=m.iterations,
+        epsilon=m.epsilon,
+        gradient=m.gradient,
+        remat=m.remat,
+        check_inputs=m.check_inputs,
+        chunk_bytes=m.chunk_bytes,
+        precision=m.precision,
+    )
+    return models.build_model(
+        m.name,
+        width=m.width,
+        groups=m.groups,
+        groups_nmf=m.groups_nmf,
+        groups_mix=m.groups_mix,
+        num_classes=num_classes,
+        input_channels=input_channels,
+        nmf_options=options,
+        batch_norm=m.batch_norm,
+        patch_conv=m.patch_conv,
+        head=m.head,
+    )
 
-    Shardings (:mod:`deepnmf_jax.parallel`): every state leaf is split over the mesh axis ``"seed"``
-    along its leading seed axis; the datasets are replicated on every device; inside the train step the
-    augmented batch is split over ``"data"``. Metrics come back replicated, so every process can read
-    them.
-    """
 
-    def __init__(self, config, num_classes: int, image_shape, steps_per_epoch: int, devices=None):
-        self.config = config
-        self.steps_per_epoch = steps_per_epoch
-        self.model = models.build_model(
-            config.model.name,
-            width=config.model.width,
-            groups=config.model.groups,
-            num_classes=num_classes,
-            iterations=config.model.iterations,
-            epsilon=config.model.epsilon,
-            gradient=config.model.gradient,
-            remat=config.model.remat,
-            batch_norm=config.model.batch_norm,
-            chunk_bytes=config.model.chunk_bytes,
-            precision=config.model.precision,
-            patch_conv=config.model.patch_conv,
-        )
-        self.input_shape = (config.augment.crop_size, config.augment.crop_size, image_shape[-1])
-        self.augment = _augment_config(config)
-        self.tx = optim.make_optimizer(config.optim)
-        self.plateau = optim.make_plateau(config.optim)
-        self.loss_fn = losses.get_loss(config.loss)
-        self.running_bn = config.model.batch_norm == "running"
-        self.schedule = optim.Schedule(config.optim)
+def init_state(ctx: StepContext, seed_key_data: jax.Array) -> TrainState:
+    """A fresh state of one seed from its raw key data."""
+    init_key, augment_key = jax.random.split(jax.random.wrap_key_data(seed_key_data), 2)
+    images = jnp.zeros((2, *ctx.input_shape), jnp.float32)
+    variables = ctx.model.init(init_key, images, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=ctx.tx.init(params),
+        plateau_state=ctx.schedule.init(params),
+        augment_key=jax.random.key_data(augment_key),
+        ema_params=params if ctx.ema_decay > 0 else {},
+    )
 
-        self.mesh = parallel.make_mesh(
-            config.num_seeds,
-            config.batch_size,
-            config.mesh.seed_devices,
-            config.mesh.data_devices,
-            devices,
-        )
-        self.replicated = parallel.sharding(self.mesh)
-        self.seed_sharded = parallel.sharding(self.mesh, parallel.SEED_AXIS)
-        self.batch_sharded = parallel.sharding(self.mesh, parallel.DATA_AXIS)
-        per_seed_order = config.data.order == "per_seed"
-        self.order_sharding = self.seed_sharded if per_seed_order else self.replicated
 
-        self.seed_loop = _seed_loop(config.seed_loop, self.mesh)
-
-        def seed_vmap(fn, in_axes=0):
-            if self.seed_loop == "map":
-                return _map_over_seeds(fn, in_axes)
-            return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=parallel.SEED_AXIS)
-
-        state, repl = self.seed_sharded, self.replicated
-        self.init = jax.jit(seed_vmap(self._init_one), in_shardings=state, out_shardings=state)
-        self.train_step = jax.jit(
-            seed_vmap(self._train_step_one, (0, None, None, 0 if per_seed_order else None)),
-            in_shardings=(state, repl, repl, self.order_sharding),
-            out_shardings=(state, repl),
-            donate_argnums=0,
-        )
-        self.eval_all = jax.jit(
-            seed_vmap(self._eval_all_one, (0, None, None)),
-            in_shardings=(state, repl, repl),
-            out_shardings=repl,
-        )
-        self.update_plateau = jax.jit(
-            seed_vmap(self._update_plateau_one),
-            in_shardings=(state, state),
-            out_shardings=state,
-            donate_argnums=0,
-        )
-        self.epoch_order = jax.jit(
-            self._epoch_order, static_argnums=(2,), out_shardings=self.order_sharding
-        )
-        self._gather = jax.jit(lambda x: x, out_shardings=repl)
-
-    # --- per-seed functions (vmapped above) ------------------------------------------------------
-
-    def _init_one(self, seed_key_data):
-        init_key, augment_key = jax.random.split(jax.random.wrap_key_data(seed_key_data), 2)
-        images = jnp.zeros((2, *self.input_shape), jnp.float32)
-        variables = self.model.init(init_key, images, train=False)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=self.tx.init(params),
-            plateau_state=self.plateau.init(params),
-            augment_key=jax.random.key_data(augment_key),
-        )
-
-    def _apply(self, params, batch_stats, images, train):
-        variables = {"params": params}
-        if not self.running_bn:
-            return self.model.apply(variables, images, train=train), batch_stats
+def _apply(ctx: StepContext, params, batch_stats, images, train: bool):
+    """(probs, intermediates, new batch_stats)."""
+    variables = {"params": params}
+    if ctx.running_bn:
         variables["batch_stats"] = batch_stats
-        if not train:
-            return self.model.apply(variables, images, train=False), batch_stats
-        probs, updates = self.model.apply(variables, images, train=True, mutable=["batch_stats"])
-        return probs, updates["batch_stats"]
-
-    def _train_step_one(self, state: TrainState, images, labels, order):
-        batch_size = self.config.batch_size
-        step_in_epoch = state.step % self.steps_per_epoch  # no host scalar per step
-        index = jax.lax.dynamic_slice(order, (step_in_epoch * batch_size,), (batch_size,))
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.augment_key), state.step)
-        batch = augment.preprocess_for_train(images[index], key, self.augment)
-        batch = jax.lax.with_sharding_constraint(batch, self.batch_sharded)
-        batch_labels = jax.lax.with_sharding_constraint(labels[index], self.batch_sharded)
-
-        def objective(params):
-            probs, batch_stats = self._apply(params, state.batch_stats, batch, train=True)
-            return self.loss_fn(probs, batch_labels), (probs, batch_stats)
-
-        (loss, (probs, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params
+    if ctx.running_bn and train:
+        (probs, inter), updates = ctx.model.apply(
+            variables, images, train=True, return_intermediates=True, mutable=["batch_stats"]
         )
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        scale = state.plateau_state.scale
-        updates = jax.tree_util.tree_map(lambda u: (scale * u).astype(u.dtype), updates)
-        trained = (optax.apply_updates(state.params, updates), batch_stats, opt_state)
-        # A seed whose learning rates all fell below stop_lr is finished (as its own reference run
-        # would be) and its whole state stays frozen while the other seeds go on: parameters,
-        # BatchNorm statistics and Adam moments (only the step counter moves).
-        finished = self.schedule.finished(scale)
-        params, batch_stats, opt_state = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(finished, old, new),
-            trained,
-            (state.params, state.batch_stats, state.opt_state),
-        )
-        new_state = state.replace(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-        )
-        correct = jnp.sum(jnp.argmax(probs, -1).astype(batch_labels.dtype) == batch_labels)
-        return new_state, {"loss": loss, "correct": correct}
-
-    def _correct(self, state: TrainState, images, labels):
-        batch = augment.preprocess_for_eval(images, self.config.augment.crop_size)
-        probs, _ = self._apply(state.params, state.batch_stats, batch, train=False)
-        return jnp.sum(jnp.argmax(probs, -1).astype(labels.dtype) == labels)
-
-    def _eval_all_one(self, state: TrainState, images, labels):
-        """Correct predictions on a whole split, in order, in batches of ``eval_batch_size``."""
-        batch_size = self.config.eval_batch_size
-        full = (images.shape[0] // batch_size) * batch_size
-        batched = (
-            images[:full].reshape(-1, batch_size, *images.shape[1:]),
-            labels[:full].reshape(-1, batch_size),
-        )
-        correct = jnp.sum(jax.lax.map(lambda b: self._correct(state, *b), batched))
-        if full < images.shape[0]:  # the last, smaller batch (BatchNorm statistics over it alone)
-            correct = correct + self._correct(state, images[full:], labels[full:])
-        return correct
-
-    def _update_plateau_one(self, state: TrainState, epoch_loss):
-        plateau_state = optim.plateau_update(self.plateau, state.plateau_state, epoch_loss)
-        return state.replace(plateau_state=plateau_state)
-
-    def _epoch_order(self, order_keys, epoch, num_examples):
-        def one(key_data):
-            return jax.random.permutation(
-                jax.random.fold_in(jax.random.wrap_key_data(key_data), epoch), num_examples
-            )
-
-        return jax.vmap(one)(order_keys) if order_keys.ndim == 2 else one(order_keys)
-
-    # --- host-side helpers -----------------------------------------------------------------------
-
-    def put(self, host_array, target=None) -> jax.Array:
-        """A host array (the same in every process) as a global array, replicated by default."""
-        return parallel.global_array(host_array, target or self.replicated)
-
-    def seed_keys(self, seeds: list[int]) -> jax.Array:
-        keys = np.stack([np.asarray(jax.random.key_data(jax.random.key(s))) for s in seeds])
-        return self.put(keys, self.seed_sharded)
-
-    def order_keys(self, seeds: list[int]) -> jax.Array:
-        if self.config.data.order == "fixed":
-            return self.put(jax.random.key_data(jax.random.key(self.config.data.order_seed)))
-        keys = [jax.random.fold_in(jax.random.key(s), 0x0D0E) for s in seeds]
-        return self.put(
-            np.stack([np.asarray(jax.random.key_data(k)) for k in keys]), self.seed_sharded
-        )
-
-    def fetch(self, tree):
-        """Device values (possibly spread over processes) as host numpy arrays."""
-        return jax.device_get(self._gather(tree))
-
-    def lr_scales(self, states: TrainState) -> np.ndarray:
-        """Each seed's plateau scale (its learning rates are the base rates times it)."""
-        return np.asarray(self.fetch(states.plateau_state.scale), np.float64)
-
-    def learning_rates(self, states: TrainState) -> dict[str, float]:
-        """Each group's learning rate for the seed with the largest scale (every seed has its own
-        schedule, driven by its own loss)."""
-        return self.schedule.rates(np.max(self.lr_scales(states)))
-
-    def evaluate(self, states: TrainState, images: jax.Array, labels: jax.Array) -> np.ndarray:
-        """Accuracy per seed on a split already on the devices."""
-        return np.asarray(jax.device_get(self.eval_all(states, images, labels))) / images.shape[0]
+        return probs, inter, updates["batch_stats"]
+    probs, inter = ctx.model.apply(variables, images, train=train, return_intermediates=True)
+    return probs, inter, batch_stats
 
 
-SEED_LOOPS = ("auto", "vmap", "map")
+def train_step(ctx: StepContext, state: TrainState, images, labels, order):
+    """One step of one seed: the batch at its position in ``order``, augmented on the device.
 
+    Args:
+      state: one seed's state.
+      images: (N, H, W, C) uint8, the whole training split; labels: (N,) int32.
+      order: (N,) the epoch's permutation (the position in it comes from ``state.step``).
 
-def _seed_loop(choice: str, mesh) -> str:
-    """``"vmap"`` batches the seeds into one program (the design, and the fast form on GPUs and
-    TPUs); ``"map"`` runs them one after another inside the same jitted step (``lax.map``). XLA's CPU
-    backend runs the batched NMF matrix products 2-3x slower than the same products one seed at a
-    time (measured: a 5-seed CNMF forward 0.86 s vmapped, 0.38 s mapped, 0.067 s for one seed), so
-    ``"auto"`` maps on CPU when the seed axis is not split over devices, and vmaps otherwise."""
-    if choice not in SEED_LOOPS:
-        raise ConfigError(f"config.seed_loop must be one of {SEED_LOOPS}, got {choice!r}")
-    if choice != "auto":
-        return choice
-    on_cpu = mesh.devices.flat[0].platform == "cpu"
-    return "map" if on_cpu and mesh.shape[parallel.SEED_AXIS] == 1 else "vmap"
-
-
-def _map_over_seeds(fn, in_axes=0):
-    """Like ``jax.vmap(fn, in_axes)`` over a leading seed axis, but a sequential ``lax.map``.
-
-    A single seed is called directly (no loop): XLA's CPU backend runs some operations much slower
-    inside a loop body (measured: the gradient of a 5x5 convolution 7-12x slower inside a one-trip
-    ``lax.map`` than outside it).
+    Returns:
+      (new state, {"loss": scalar, "correct": int32 scalar}).
     """
+    step_in_epoch = state.step % ctx.steps_per_epoch  # no host scalar per step
+    index = jax.lax.dynamic_slice(order, (step_in_epoch * ctx.batch_size,), (ctx.batch_size,))
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.augment_key), state.step)
+    batch = augment.preprocess_for_train(images[index], key, ctx.augment)
+    chex.assert_shape(batch, (ctx.batch_size, *ctx.input_shape))
+    batch_labels = labels[index]
+    if ctx.batch_sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, ctx.batch_sharding)
+        batch_labels = jax.lax.with_sharding_constraint(batch_labels, ctx.batch_sharding)
 
-    def mapped(*args):
-        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
-        per_seed = tuple(arg for arg, axis in zip(args, axes, strict=True) if axis == 0)
-        if jax.tree_util.tree_leaves(per_seed)[0].shape[0] == 1:
-            squeezed = iter(jax.tree_util.tree_map(lambda a: a[0], per_seed))
-            out = fn(
-                *(next(squeezed) if axis == 0 else a for a, axis in zip(args, axes, strict=True))
-            )
-            return jax.tree_util.tree_map(lambda a: a[None], out)
+    def objective(params):
+        probs, _, batch_stats = _apply(ctx, params, state.batch_stats, batch, train=True)
+        return ctx.loss_fn(probs, batch_labels), (probs, batch_stats)
 
-        def body(seed_args):
-            remaining = iter(seed_args)
-            return fn(
-                *(
-                    next(remaining) if axis == 0 else arg
-                    for arg, axis in zip(args, axes, strict=True)
-                )
-            )
+    (loss, (probs, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+    scale = ctx.schedule.scale(state.plateau_state, state.step)
+    updates = jax.tree_util.tree_map(lambda u: (scale * u).astype(u.dtype), updates)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ctx.ema_decay > 0:
+        ema = optim.ema_update(ema, params, ctx.ema_decay, state.step)
+    # A seed whose learning rates all fell below stop_lr is finished (as its own reference run
+    # would be) and its whole state stays frozen while the other seeds go on: parameters,
+    # BatchNorm statistics, Adam moments and the average (only the step counter moves).
+    finished = ctx.schedule.finished(state.plateau_state.scale)
+    params, batch_stats, opt_state, ema = jax.tree_util.tree_map(
+        lambda new, old: jnp.where(finished, old, new),
+        (params, batch_stats, opt_state, ema),
+        (state.params, state.batch_stats, state.opt_state, state.ema_params),
+    )
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        ema_params=ema,
+    )
+    correct = jnp.sum(jnp.argmax(probs, -1).astype(batch_labels.dtype) == batch_labels)
+    return new_state, {"loss": loss, "correct": correct}
 
-        return jax.lax.map(body, per_seed)
 
-    return mapped
+def eval_params(ctx: StepContext, state: TrainState):
+    """The parameters evaluation uses: the moving average where there is one."""
+    return state.ema_params if ctx.ema_decay > 0 else state.params
+
+
+def _predict_batch(ctx: StepContext, state: TrainState, images):
+    batch = augment.preprocess_for_eval(images, ctx.input_shape[0])
+    probs, inter, _ = _apply(ctx, eval_params(ctx, state), state.batch_stats, batch, train=False)
+    last = inter[f"block{len(ctx.model.blocks)}"]["a"]  # (B, 1, 1, classes): the class channels
+    return probs, jnp.max(last.reshape(last.shape[0], -1), axis=0)
+
+
+def predict(ctx: StepContext, state: TrainState, images):
+    """Class probabilities of a whole split, in order, in batches of ``eval_batch_size`` (BatchNorm
+    uses each batch's statistics by default, as the reference); the last batch may be smaller.
+
+    Returns:
+      (probs (N, classes), class_channel_max (classes,)): the largest value of each class channel of
+      the last a-layer over the split (a channel <= 0 everywhere is dead behind a ReLU).
+    """
+    size = ctx.eval_batch_size
+    full = (images.shape[0] // size) * size
+    probs, maxima = [], []
+    if full:
+        batched = images[:full].reshape(-1, size, *images.shape[1:])
+        p, m = jax.lax.map(lambda b: _predict_batch(ctx, state, b), batched)
+        probs.append(p.reshape(full, -1))
+        maxima.append(jnp.max(m, axis=0))
+    if full < images.shape[0]:  # the last, smaller batch (BatchNorm statistics over it alone)
+        p, m = _predict_batch(ctx, state, images[full:])
+        probs.append(p)
+        maxima.append(m)
+    return jnp.concatenate(probs), functools.reduce(jnp.maximum, maxima)
+
+
+def end_epoch(ctx: StepContext, state: TrainState, epoch_loss):
+    """Advances one seed's schedule with its epoch's summed training loss."""
+    return state.replace(plateau_state=ctx.schedule.advance(state.plateau_state, epoch_loss))
+
+
+def epoch_order(order_key_data, epoch, num_examples: int):
+    """The permutation of epoch ``epoch`` for one order key (or a stack of them, one per seed)."""
+
+    def one(key_data):
+        key = jax.random.fold_in(jax.random.wrap_key_data(key_data), epoch)
+        return jax.random.permutation(key, num_examples)
+
+    return jax.vmap(one)(order_key_data) if order_key_data.ndim == 2 else one(order_key_data)
+
+
+class Steps(NamedTuple):
+    """The jitted, sharded functions of one run (all seeds at once) and how its arrays are placed."""
+
+    ctx: StepContext
+    init: Callable  # (seed key data (seeds, 2)) -> TrainState
+    train: Callable  # (state, images, labels, order) -> (state, metrics per seed)
+    predict: Callable  # (state, images) -> (probs (seeds, N, C), class maxima (seeds, C))
+    end_epoch: Callable  # (state, epoch losses (seeds,)) -> state
+    order: Callable  # (order key data, epoch, num_examples) -> permutation(s)
+    placement: parallel.Placement
+
+
+def make_steps(config, num_classes: int, image_shape, steps_per_epoch: int, devices=None) -> Steps:
+    """Builds the model, optimiser and schedule from ``config`` and the jitted functions over a
+    (seed, data) device mesh (:mod:`deepnmf_jax.parallel`): the state is split over ``seed`` and
+    donated, datasets are replicated, the augmented batch is split over ``data``, and metrics come
+    back replicated (every process can read them)."""
+    model = model_from_config(config, num_classes, image_shape[-1])
+    placement = parallel.Placement.create(config, devices)
+    crop = config.augment.crop_size
+    ctx = StepContext(
+        model=model,
+        tx=optim.make_optimizer(config.optim, config.batch_size, model.a_layer == "nmf"),
+        schedule=optim.Schedule(
+            config.optim, steps_per_epoch, config.num_epochs, config.batch_size
+        ),
+        loss_fn=functools.partial(
+            losses.get_loss(config.loss), label_smoothing=config.label_smoothing
+        ),
+        augment=augment.AugmentConfig(**config.augment.to_dict()),
+        input_shape=(crop, crop, image_shape[-1]),
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        steps_per_epoch=steps_per_epoch,
+        ema_decay=config.optim.ema_decay,
+        batch_sharding=placement.batch,
+    )
+    over_seeds = placement.over_seeds
+    state, repl = placement.seeds, placement.replicated
+    per_seed_order = config.data.order == "per_seed"
+    order_sharding = state if per_seed_order else repl
+    check = config.model.check_inputs
+
+    def jitted(fn, in_axes, in_shardings, out_shardings, donate=()):
+        mapped = over_seeds(fn, in_axes)
+        if check:  # the NMF layers' checkify checks, raised on the host after each call
+            mapped = checkify.checkify(mapped, errors=checkify.user_checks)
+            out_shardings = (repl, out_shardings)
+        compiled = jax.jit(
+            mapped, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate
+        )
+        return _checked_output(compiled, check)
+
+    return Steps(
+        ctx=ctx,
+        init=jitted(functools.partial(init_state, ctx), 0, state, state),
+        train=jitted(
+            functools.partial(train_step, ctx),
+            (0, None, None, 0 if per_seed_order else None),
+            (state, repl, repl, order_sharding),
+            (state, repl),
+            donate=0,
+        ),
+        predict=jitted(functools.partial(predict, ctx), (0, None), (state, repl), repl),
+        end_epoch=jitted(functools.partial(end_epoch, ctx), 0, (state, state), state, donate=0),
+        order=jax.jit(epoch_order, static_argnums=(2,), out_shardings=order_sharding),
+        placement=placement,
+    )
+
+
+def _checked_output(compiled, enabled: bool):
+    """Splits a checkified function's ``(error, out)`` and raises the error on the host."""
+    if not enabled:
+        return compiled
+
+    @functools.wraps(compiled)
+    def run(*args):
+        error, out = compiled(*args)
+        error.throw()
+        return out
+
+    run._cache_size = compiled._cache_size  # for the no-recompilation tests
+    return run

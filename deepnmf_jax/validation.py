@@ -8,7 +8,7 @@ import numpy as np
 
 import deepnmf_jax.layers
 import deepnmf_jax.nmf
-from deepnmf_jax import augment, input_pipeline, losses, models
+from deepnmf_jax import augment, input_pipeline, losses, models, optim
 from deepnmf_jax.errors import ConfigError, DataError
 
 DATA_ORDERS = ("fixed", "per_seed")
@@ -33,6 +33,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     choose(config.data.order, DATA_ORDERS, "config.data.order")
     choose(config.loss, losses.LOSSES, "config.loss")
     choose(config.augment.granularity, augment.GRANULARITIES, "config.augment.granularity")
+    choose(config.model.head, models.HEADS, "config.model.head")
+    choose(config.optim.schedule, optim.SCHEDULES, "config.optim.schedule")
+    choose(config.optim.lr_batch_scaling, optim.LR_BATCH_SCALINGS, "config.optim.lr_batch_scaling")
     for name in (
         "num_seeds",
         "num_epochs",
@@ -51,16 +54,55 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "data.validation_size": (config.data.validation_size, 0),
         "augment.crop_size": (config.augment.crop_size, 1),
         "log_every_steps": (config.log_every_steps, 1),
+        "optim.reference_batch_size": (config.optim.reference_batch_size, 1),
     }
+    for name in ("groups_nmf", "groups_mix"):
+        if config.model[name] is not None:
+            at_least[f"model.{name}"] = (config.model[name], 1)
+    if config.model.epsilon is not None:
+        at_least["model.epsilon"] = (config.model.epsilon, 1e-30)
     for name in ("lr_a", "lr_b", "lr_bn", "eps", "plateau_rtol", "stop_lr"):
+        at_least[f"optim.{name}"] = (config.optim[name], 0.0)
+    for name in ("warmup_epochs", "weight_decay"):
         at_least[f"optim.{name}"] = (config.optim[name], 0.0)
     for name, (value, low) in at_least.items():
         if value < low:
             allowed = ">= 0" if low == 0 else "> 0" if low < 1 else f">= {low}"
             raise ConfigError(f"config.{name} must be {allowed}, got {value}")
-    for name in ("b1", "b2", "plateau_factor"):
-        if not 0 <= config.optim[name] < 1:
-            raise ConfigError(f"config.optim.{name} must be in [0, 1), got {config.optim[name]}")
+    within = {
+        "optim.b1": (config.optim.b1, 0, 1),
+        "optim.b2": (config.optim.b2, 0, 1),
+        "optim.plateau_factor": (config.optim.plateau_factor, 0, 1),
+        "optim.ema_decay": (config.optim.ema_decay, 0, 1),
+        "label_smoothing": (config.label_smoothing, 0, 1),
+    }
+    for name, (value, low, high) in within.items():
+        if not low <= value < high:
+            raise ConfigError(f"config.{name} must be in [{low}, {high}), got {value}")
+    optim_config = config.optim
+    if optim_config.schedule != "plateau":
+        if not 0 < optim_config.initial_lr_fraction <= 1:
+            raise ConfigError(
+                "config.optim.initial_lr_fraction must be in (0, 1], got "
+                f"{optim_config.initial_lr_fraction}"
+            )
+        low = 0 if optim_config.schedule == "cosine" else 1e-30
+        if not low <= optim_config.final_lr_fraction <= 1:
+            allowed = "[0, 1]" if low == 0 else "(0, 1] for onecycle"
+            raise ConfigError(
+                f"config.optim.final_lr_fraction must be in {allowed}, got "
+                f"{optim_config.final_lr_fraction}"
+            )
+        if optim_config.warmup_epochs >= config.num_epochs:
+            raise ConfigError(
+                f"config.optim.warmup_epochs = {optim_config.warmup_epochs} must be less than "
+                f"num_epochs = {config.num_epochs} (the schedule spans num_epochs)"
+            )
+    if config.model.head == "linear" and not models.PAPER_MODELS[config.model.name]["mix"]:
+        raise ConfigError(
+            f"config.model.head = 'linear' changes the last 1x1 layer, which model "
+            f"{config.model.name!r} does not have; use a +1x1 model or head = 'reference'"
+        )
 
 
 def validate_data(config: ml_collections.ConfigDict, data: input_pipeline.Dataset) -> None:
@@ -77,6 +119,7 @@ def validate_data(config: ml_collections.ConfigDict, data: input_pipeline.Datase
             f"config.augment.crop_size = {config.augment.crop_size} is larger than the "
             f"{height} x {width} images of {data.name}"
         )
+    check_model_fits(config, data.num_classes, (height, width, data.train.images.shape[-1]))
     for split_name, split in (("train", data.train), ("test", data.test)):
         labels = np.asarray(split.labels)
         bad = (labels < 0) | (labels >= data.num_classes)
@@ -86,3 +129,22 @@ def validate_data(config: ml_collections.ConfigDict, data: input_pipeline.Datase
                 f"{data.name} ({data.source}): {int(bad.sum())} {split_name} labels outside "
                 f"[0, {data.num_classes}), e.g. label {int(labels[first])} at index {first}"
             )
+
+
+def check_model_fits(config, num_classes: int, image_shape) -> None:
+    """Builds the model's parameter shapes for the cropped images (nothing is computed), so that
+    groups that do not divide their channels, or a crop the blocks cannot reduce to 1x1, are one
+    ConfigError naming the keys."""
+    from deepnmf_jax import steps
+
+    crop = config.augment.crop_size
+    try:
+        model = steps.model_from_config(config, num_classes, image_shape[-1])
+        models.abstract_params(model, (crop, crop, image_shape[-1]))
+    except ValueError as error:
+        m = config.model
+        raise ConfigError(
+            f"model {m.name} (width {m.width}, groups {m.groups}, groups_nmf {m.groups_nmf}, "
+            f"groups_mix {m.groups_mix}) does not fit {crop} x {crop} x {image_shape[-1]} "
+            f"images: {error}"
+        ) from None

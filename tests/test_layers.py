@@ -144,6 +144,29 @@ def test_reference_loss_by_hand():
     assert np.isfinite(float(losses.reference_loss(jnp.array([[0.0, 1.0]]), jnp.array([0]))))
 
 
+def test_label_smoothing_by_hand():
+    """alpha = 0.3 over 2 classes: targets [0.85, 0.15] for label 0."""
+    probs, labels = jnp.array([[0.6, 0.4]]), jnp.array([0])
+    y = np.array([0.85, 0.15])
+    kl = np.sum(y * np.log(y / np.array([0.6, 0.4]))) / 2
+    mse = np.sum((np.array([0.6, 0.4]) - y) ** 2) / 2
+    np.testing.assert_allclose(
+        losses.reference_loss(probs, labels, label_smoothing=0.3),
+        (kl + 0.5 * mse) / 1.5,
+        rtol=1e-12,
+    )
+    paper = -np.sum(y * np.log([0.6, 0.4])) + 0.5 * np.sum((np.array([0.6, 0.4]) - y) ** 2)
+    np.testing.assert_allclose(
+        losses.paper_loss(probs, labels, label_smoothing=0.3), paper, rtol=1e-12
+    )
+    # At p = y the reference loss is zero (the KL keeps its y log y part).
+    np.testing.assert_allclose(
+        losses.reference_loss(jnp.array([y]), labels, label_smoothing=0.3), 0.0, atol=1e-15
+    )
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+        losses.reference_loss(probs, labels, label_smoothing=1.0)
+
+
 def test_loss_errors():
     with pytest.raises(ValueError, match="integer"):
         losses.reference_loss(jnp.ones((2, 3)) / 3, jnp.ones((2,)))

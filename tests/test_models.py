@@ -170,3 +170,55 @@ def test_build_model_rejects_bad_options():
             lambda x: custom.init(jax.random.key(0), x, train=False),
             jax.ShapeDtypeStruct((2, 5, 5, 3), jnp.float32),
         )
+
+
+def test_parameter_breakdown_and_separate_groups():
+    """Fig. 6's split: NMF U, convolutions (CNN a-layers and 1x1 layers), BatchNorm; counts by hand."""
+    params = models.abstract_params(models.build_model("cnmf_1x1"), (28, 28, 3))
+    counts = models.param_breakdown(models.build_model("cnmf_1x1"), params)
+    assert counts["nmf"] == 75 * 32 + 800 * 64 + 1024 * 96 + 96 * 10 == 152_864
+    assert counts["conv"] == 32 * 33 + 64 * 65 + 96 * 97 + 10 * 11 == 14_638
+    assert counts["batchnorm"] == 384 and counts["total"] == PAPER_COUNTS["cnmf_1x1"]
+    np.testing.assert_allclose(counts["cnn_nmf_ratio"], 14_638 / 152_864)
+    # groups_nmf = 16 shrinks blocks 2-3's NMF layers 16-fold; groups_mix = 1 keeps the 1x1 layers.
+    model = models.build_model("cnmf_1x1", groups_nmf=16, groups_mix=1)
+    counts = models.param_breakdown(model, models.abstract_params(model, (28, 28, 3)))
+    assert counts["nmf"] == 75 * 32 + 800 * 64 // 16 + 1024 * 96 // 16 + 96 * 10 == 12_704
+    assert counts["conv"] == 14_638
+    np.testing.assert_allclose(counts["cnn_nmf_ratio"], 14_638 / 12_704)
+    model = models.build_model("cnmf_1x1", groups=4, groups_mix=2)  # groups_nmf falls back to 4
+    shapes = models.abstract_params(model, (28, 28, 3))
+    assert shapes["block2"]["a"]["kernel"].shape == (4, 200, 16)
+    assert shapes["block2"]["b"]["kernel"].shape == (2, 32, 32)
+    cnn = models.build_model("cnn_1x1")
+    counts = models.param_breakdown(cnn, models.abstract_params(cnn, (28, 28, 3)))
+    assert counts["nmf"] == 0 and counts["cnn_nmf_ratio"] is None
+    assert counts["conv"] == 153_066 + 14_638 and counts["total"] == PAPER_COUNTS["cnn_1x1"]
+
+
+def test_linear_head(getkey):
+    """head="linear": the last 1x1 layer without ReLU and L1. For CNMF+1x1 (non-negative codes
+    summing to 1) the same function as the reference head; for CNN+1x1 a negative class channel
+    then reaches the output."""
+    images = jax.random.uniform(getkey(), (4, 28, 28, 3), jnp.float64)
+    for name in ("cnmf_1x1", "cnn_1x1"):
+        reference_head = models.build_model(name, iterations=3)
+        linear_head = models.build_model(name, iterations=3, head="linear")
+        variables = reference_head.init(getkey(), images.astype(jnp.float32), train=False)
+        variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), variables)
+        p_ref, inter = reference_head.apply(
+            variables, images, train=False, return_intermediates=True
+        )
+        p_lin = linear_head.apply(variables, images, train=False)
+        if name == "cnmf_1x1":
+            np.testing.assert_allclose(p_lin, p_ref, rtol=1e-12)
+        else:
+            classes = inter["block4"]["a"][:, 0, 0]  # the CNN's class channels, both signs
+            assert np.any(classes < 0)
+            kernel = variables["params"]["block4"]["b"]["kernel"]
+            bias = variables["params"]["block4"]["b"]["bias"]
+            np.testing.assert_allclose(
+                p_lin, jax.nn.softmax(classes @ kernel + bias[None], axis=-1), rtol=1e-12
+            )
+    with pytest.raises(ValueError, match="head must be one of"):
+        models.build_model("cnn_1x1", head="plain")

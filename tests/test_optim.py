@@ -12,10 +12,14 @@ from deepnmf_jax import models, optim
 
 def _params(name="cnmf_1x1"):
     """The model's parameter tree (zeros: the tests need its structure and shapes only)."""
-    model = models.build_model(name, iterations=1)
-    images = jax.ShapeDtypeStruct((2, 28, 28, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["params"])
+    shapes = models.abstract_params(models.build_model(name, iterations=1), (28, 28, 3))
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _optim_config(**overrides):
+    config = default.get_config().optim
+    config.update(overrides)
+    return config
 
 
 def test_parameter_groups():
@@ -44,10 +48,9 @@ def test_first_adam_step_moves_each_group_by_its_learning_rate():
 
 def _run_schedule(losses):
     """Feeds one loss per epoch; returns the scale after each epoch."""
-    config = default.get_config().optim
-    plateau = optim.make_plateau(config)
-    state = plateau.init({"w": jnp.zeros(1, jnp.float32)})
-    update = jax.jit(lambda state, loss: optim.plateau_update(plateau, state, loss))
+    schedule = optim.Schedule(default.get_config().optim, steps_per_epoch=10, num_epochs=500)
+    state = schedule.init({"w": jnp.zeros(1, jnp.float32)})
+    update = jax.jit(schedule.advance)
     scales = []
     for loss in losses:
         state = update(state, jnp.asarray(loss, jnp.float32))
@@ -79,3 +82,71 @@ def test_plateau_relative_threshold_and_reset_by_hand():
     # A loss just below the threshold counts as an improvement and resets the count.
     scales = _run_schedule([10.0] * 10 + [9.998] + [9.998] * 10)
     assert np.all(scales == 1.0)
+
+
+def test_cosine_schedule_by_hand():
+    """2 warm-up epochs of 10 steps from 0.04 to 1, then cosine to 0.1 at step 100."""
+    config = _optim_config(
+        schedule="cosine", warmup_epochs=2, initial_lr_fraction=0.04, final_lr_fraction=0.1
+    )
+    schedule = optim.Schedule(config, steps_per_epoch=10, num_epochs=10)
+    state = schedule.init({"w": jnp.zeros(1, jnp.float32)})
+    scale = lambda step: float(schedule.scale(state, jnp.asarray(step)))
+    np.testing.assert_allclose(scale(0), 0.04, rtol=1e-6)
+    np.testing.assert_allclose(scale(10), 0.04 + 0.96 / 2, rtol=1e-6)  # half-way up
+    np.testing.assert_allclose(scale(20), 1.0, rtol=1e-6)  # the peak
+    # half-way down the cosine (step 60 of 20..100): 0.1 + 0.9 * (1 + cos(pi / 2)) / 2
+    np.testing.assert_allclose(scale(60), 0.55, rtol=1e-6)
+    np.testing.assert_allclose(scale(100), 0.1, rtol=1e-6)
+    # The plateau does not move for the optax schedules, and nothing finishes early.
+    assert schedule.advance(state, jnp.float32(5.0)) is state
+    assert not schedule.finished(np.float64(1.0))
+    assert schedule.rates(0.5) == {"a": 0.005, "b": 0.0005, "bn": 0.0005}
+
+
+def test_onecycle_schedule_by_hand():
+    config = _optim_config(
+        schedule="onecycle", warmup_epochs=3, initial_lr_fraction=0.04, final_lr_fraction=0.0004
+    )
+    schedule = optim.Schedule(config, steps_per_epoch=10, num_epochs=10)
+    state = schedule.init({"w": jnp.zeros(1, jnp.float32)})
+    scale = lambda step: float(schedule.scale(state, jnp.asarray(step)))
+    np.testing.assert_allclose(scale(0), 0.04, rtol=1e-5)
+    # cosine ramp up: 0.04 + (1 - 0.04) * (1 - cos(pi * 15 / 30)) / 2 = 0.52
+    np.testing.assert_allclose(scale(15), 0.52, rtol=1e-5)
+    np.testing.assert_allclose(scale(30), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(scale(100), 0.0004, rtol=1e-3)
+
+
+def test_learning_rates_scale_with_the_batch_size():
+    base = {"a": 0.01, "b": 0.001, "bn": 0.001}
+    assert optim.group_learning_rates(_optim_config(), 200) == base
+    linear = optim.group_learning_rates(_optim_config(lr_batch_scaling="linear"), 200)
+    sqrt = optim.group_learning_rates(_optim_config(lr_batch_scaling="sqrt"), 200)
+    for group, rate in base.items():
+        np.testing.assert_allclose(linear[group], 4 * rate)
+        np.testing.assert_allclose(sqrt[group], 2 * rate)
+
+
+def test_weight_decay_is_decoupled_and_spares_nmf_and_norms():
+    """AdamW's first step with zero gradient is -lr * wd * p on the decayed leaves, 0 elsewhere."""
+    config = _optim_config(weight_decay=0.5)
+    for name, decays_a in (("cnmf_1x1", False), ("cnn_1x1", True)):
+        params = jax.tree_util.tree_map(jnp.ones_like, _params(name))
+        tx = optim.make_optimizer(config, nmf_a_layers=name.startswith("cnmf"))
+        grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        for path, update in traverse_util.flatten_dict(updates).items():
+            group = optim.param_group(path)
+            decayed = path[-1] == "kernel" and (group == "b" or (group == "a" and decays_a))
+            lr = {"a": 0.01, "b": 0.001, "bn": 0.001}[group]
+            expected = -lr * 0.5 if decayed else 0.0
+            np.testing.assert_allclose(update, expected, rtol=1e-6, err_msg=f"{name} {path}")
+
+
+def test_ema_by_hand():
+    ema, params = {"w": jnp.array([1.0])}, {"w": jnp.array([3.0])}
+    # step 0: d = min(0.99, 1 / 10) = 0.1: 0.1 * 1 + 0.9 * 3 = 2.8
+    np.testing.assert_allclose(optim.ema_update(ema, params, 0.99, 0)["w"], [2.8], rtol=1e-6)
+    # step 990: d = min(0.99, 991 / 1000) = 0.99: 0.99 * 1 + 0.01 * 3 = 1.02
+    np.testing.assert_allclose(optim.ema_update(ema, params, 0.99, 990)["w"], [1.02], rtol=1e-6)

@@ -5,14 +5,22 @@ over devices (or a seed axis of 2 into two of 1) changes the order in which XLA 
 g / sqrt(v) amplifies those last-bit differences in tiny entries over the steps of a run.
 """
 
+import functools
+import http.server
+import os
 import socket
+import subprocess
+import sys
+import threading
+import typing
 
 import jax
 import numpy as np
 import pytest
 
-from deepnmf_jax import parallel, train_lib
-from tests.test_train import _cli, final_state, tiny_config
+from deepnmf_jax import archives, parallel, steps, train_lib
+from tests.test_input_pipeline import make_cifar_archive
+from tests.test_train import ROOT, final_state, tiny_config
 
 
 def test_mesh_shape_rules():
@@ -64,27 +72,28 @@ def test_state_is_sharded_no_transfers_in_the_loop_and_one_compile():
     config = tiny_config(
         num_seeds=2, **{"model.name": "cnmf", "mesh.seed_devices": 2, "mesh.data_devices": 2}
     )
-    trainer = train_lib.Trainer(config, 10, (32, 32, 3), steps_per_epoch=3)
-    states = trainer.init(trainer.seed_keys([21, 22]))
+    run = steps.make_steps(config, 10, (32, 32, 3), steps_per_epoch=3)
+    placement = run.placement
+    states = run.init(placement.seed_keys([21, 22]))
     kernel = states.params["block1"]["a"]["kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("seed")
     assert len(kernel.sharding.device_set) == 4 and kernel.addressable_shards[0].data.shape[0] == 1
     rng = np.random.default_rng(0)
-    images = trainer.put(rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8))
-    labels = trainer.put(rng.integers(0, 10, 30, dtype=np.int32))
-    keys = trainer.order_keys([21, 22])
+    images = placement.put(rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8))
+    labels = placement.put(rng.integers(0, 10, 30, dtype=np.int32))
+    keys = placement.order_keys(config.data, [21, 22])
+    functions = (run.train, run.predict, run.end_epoch, run.order)
+    compiled = []
     for epoch in (1, 2):
-        order = trainer.epoch_order(keys, epoch, 30)
+        order = run.order(keys, epoch, 30)
         with jax.transfer_guard("disallow"):  # the whole epoch runs without a host round trip
             for _ in range(3):
-                states, _ = trainer.train_step(states, images, labels, order)
-        correct = trainer.evaluate(states, images, labels)
-        states = trainer.update_plateau(
-            states, trainer.put(np.ones(2, np.float32), trainer.seed_sharded)
-        )
-    assert int(trainer.fetch(states.step)[0]) == 6 and correct.shape == (2,)
-    for fn in (trainer.train_step, trainer.eval_all, trainer.update_plateau, trainer.epoch_order):
-        assert fn._cache_size() == 1, fn  # the second epoch compiled nothing new
+                states, _ = run.train(states, images, labels, order)
+        probs, _ = run.predict(states, images)
+        states = run.end_epoch(states, placement.put(np.ones(2, np.float32), placement.seeds))
+        compiled.append([fn._cache_size() for fn in functions])
+    assert int(placement.fetch(states.step)[0]) == 6 and probs.shape == (2, 30, 10)
+    assert compiled[1] == compiled[0]  # the second epoch compiled nothing new
 
 
 def _free_port():
@@ -108,28 +117,82 @@ MESH_FLAGS = (
 )
 
 
-def _train_process(workdir, devices, *flags):
-    return _cli(workdir, *flags, base_flags=MESH_FLAGS, devices=devices)
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    requests: typing.ClassVar[list[str]] = []  # the paths asked for, in order
+
+    def do_GET(self):
+        type(self).requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
 
 
-def test_two_processes_behave_as_one(tmp_path):
-    """2 processes x 2 CPU devices (gloo collectives) against 1 process x 4 devices, same mesh."""
+def _worker(md5, workdir, devices, cache, url, *flags):
+    """A train.py process whose data is downloaded from ``url`` into ``cache``."""
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        PYTHONUNBUFFERED="1",
+    )
+    data_flags = (
+        "--config=configs/cifar10.py",
+        f"--workdir={workdir}",
+        "--config.data.source=download",
+        f"--config.data.cache_dir={cache}",
+        f"--config.data.download_url={url}",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.distributed_worker", md5, *data_flags, *MESH_FLAGS, *flags],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_two_processes_behave_as_one_and_only_process_0_downloads(tmp_path):
+    """2 processes x 2 CPU devices (gloo collectives) against 1 process x 4 devices, same mesh.
+    The dataset is downloaded (from a local server) by process 0 alone, once; the other process
+    waits for it and reads the cached archive; only process 0 writes the logs."""
+    served = tmp_path / "served"
+    served.mkdir()
+    make_cifar_archive(served / "cifar-10-python.tar.gz", n=12)
+    md5 = archives.md5sum(served / "cifar-10-python.tar.gz")
+    handler = functools.partial(_CountingHandler, directory=str(served))
+    _CountingHandler.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    cache = tmp_path / "cache"
     address = f"127.0.0.1:{_free_port()}"
-    processes = [
-        _train_process(
-            tmp_path / "multi",
-            2,
-            f"--config.distributed.coordinator_address={address}",
-            "--config.distributed.num_processes=2",
-            f"--config.distributed.process_id={rank}",
-        )
-        for rank in (0, 1)
-    ]
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs
-    single = _train_process(tmp_path / "single", 4)
-    output = single.communicate(timeout=300)[0]
-    assert single.returncode == 0, output
+    try:
+        processes = [
+            _worker(
+                md5,
+                tmp_path / "multi",
+                2,
+                cache,
+                url,
+                f"--config.distributed.coordinator_address={address}",
+                "--config.distributed.num_processes=2",
+                f"--config.distributed.process_id={rank}",
+            )
+            for rank in (0, 1)
+        ]
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+        assert [p.returncode for p in processes] == [0, 0], outputs
+        single = _worker(md5, tmp_path / "single", 4, cache, url)  # finds it in the cache
+        output = single.communicate(timeout=300)[0]
+        assert single.returncode == 0, output
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _CountingHandler.requests == ["/cifar-10-python.tar.gz"]
+    assert "downloading" in outputs[0] and "downloading" not in outputs[1]
     # Only process 0 wrote the logs: one line per epoch, not two.
     assert len((tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()) == 2
     assert "epoch 1:" in outputs[0] and "epoch 1:" not in outputs[1]
@@ -146,8 +209,8 @@ def test_seed_loop_map_equals_vmap(tmp_path):
 def test_seed_loop_choice():
     mesh_1 = parallel.make_mesh(2, 10, seed_devices=1, data_devices=1)
     mesh_2 = parallel.make_mesh(2, 10, seed_devices=2, data_devices=1)
-    assert train_lib._seed_loop("auto", mesh_1) == "map"  # CPU, seeds on one device
-    assert train_lib._seed_loop("auto", mesh_2) == "vmap"  # seeds split over devices
-    assert train_lib._seed_loop("vmap", mesh_1) == "vmap"
+    assert parallel.seed_loop("auto", mesh_1) == "map"  # CPU, seeds on one device
+    assert parallel.seed_loop("auto", mesh_2) == "vmap"  # seeds split over devices
+    assert parallel.seed_loop("vmap", mesh_1) == "vmap"
     with pytest.raises(train_lib.ConfigError, match="seed_loop"):
-        train_lib._seed_loop("scan", mesh_1)
+        parallel.seed_loop("scan", mesh_1)

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import cifar10, cifar100, default, fashion_mnist
-from deepnmf_jax import checkpointing, losses, train_lib
+from deepnmf_jax import checkpointing, losses, parallel, steps, train_lib
 from tests.test_input_pipeline import _idx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -109,14 +109,14 @@ def test_two_seeds_equal_two_single_seed_runs(tmp_path):
 def test_data_order_fixed_or_per_seed():
     for order, shared in (("fixed", True), ("per_seed", False)):
         config = tiny_config(num_seeds=2, **{"data.order": order})
-        trainer = train_lib.Trainer(config, 10, (32, 32, 3), 6)
-        keys = trainer.order_keys([21, 22])
-        orders = np.asarray(trainer.epoch_order(keys, 1, 60))
+        placement = parallel.Placement.create(config)
+        keys = placement.order_keys(config.data, [21, 22])
+        orders = np.asarray(steps.epoch_order(keys, 1, 60))
         if shared:
             assert orders.shape == (60,)
         else:
             assert orders.shape == (2, 60) and not np.array_equal(orders[0], orders[1])
-        assert not np.array_equal(np.asarray(trainer.epoch_order(keys, 2, 60)), orders)
+        assert not np.array_equal(np.asarray(steps.epoch_order(keys, 2, 60)), orders)
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(tmp_path):
@@ -152,7 +152,9 @@ def test_running_batch_norm_keeps_statistics(tmp_path):
 
 def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path, monkeypatch):
     monkeypatch.setitem(
-        losses.LOSSES, "nan", lambda probs, labels: losses.reference_loss(probs, labels) * jnp.nan
+        losses.LOSSES,
+        "nan",
+        lambda probs, labels, **_: losses.reference_loss(probs, labels) * jnp.nan,
     )
     with pytest.raises(train_lib.NonFiniteLossError, match=r"nan at epoch 1, step 1 \(seed 21\)"):
         train_lib.train_and_evaluate(tiny_config(loss="nan", tensorboard=False), tmp_path)
@@ -285,9 +287,10 @@ def test_cli_ctrl_c_saves_and_exits_cleanly_then_resumes(uninterrupted_run, tmp_
     assert code == 0, output
     assert_trees_equal(final_state(uninterrupted_run), final_state(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results == {
+    assert results == {  # everything but the config (num_epochs may differ) and the time
         **json.loads((uninterrupted_run / "results.json").read_text()),
         "config": results["config"],
+        "train_time_s": results["train_time_s"],
     }
 
 
@@ -314,9 +317,31 @@ def test_finished_seeds_are_frozen_and_the_run_stops(tmp_path):
     results = train_lib.train_and_evaluate(config, tmp_path)
     assert results["epochs_completed"] == 1 and results["stopped_because"].startswith("every")
     assert [s["epochs_trained"] for s in results["per_seed"]] == [0, 0]
-    trainer = train_lib.Trainer(config, 10, (32, 32, 3), steps_per_epoch=6)
-    initial = jax.device_get(trainer.init(trainer.seed_keys([21, 22])))
+    run = steps.make_steps(config, 10, (32, 32, 3), steps_per_epoch=6)
+    initial = jax.device_get(run.init(run.placement.seed_keys([21, 22])))
     final = final_state(tmp_path)
     for part in ("params", "batch_stats", "opt_state"):
         assert_trees_equal(final[part], getattr(initial, part))
     assert int(np.asarray(final["step"])[0]) == 6
+
+
+def test_check_inputs_names_the_nmf_layer_inside_the_train_step():
+    """model.check_inputs runs the jitted steps under checkify: a NaN reaching an NMF layer stops
+    the step with the layer's name (here block 1's BatchNorm scale is NaN, so block 2's input is)."""
+    from jax.experimental import checkify
+
+    config = tiny_config(**{"model.name": "cnmf", "model.check_inputs": True})
+    run = steps.make_steps(config, 10, (32, 32, 3), steps_per_epoch=6)
+    placement = run.placement
+    state = run.init(placement.seed_keys([21]))
+    rng = np.random.default_rng(0)
+    images = placement.put(rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8))
+    labels = placement.put(rng.integers(0, 10, 60, dtype=np.int32))
+    order = run.order(placement.order_keys(config.data, [21]), 1, 60)
+    state, metrics = run.train(state, images, labels, order)  # a healthy step passes
+    assert np.isfinite(np.asarray(metrics["loss"])).all()
+    scale = state.params["block1"]["a_bn"]["scale"]
+    params = {**state.params, "block1": {**state.params["block1"]}}
+    params["block1"]["a_bn"] = {**params["block1"]["a_bn"], "scale": scale * np.nan}
+    with pytest.raises(checkify.JaxRuntimeError, match="NMF layer 'block2/a': input x has non"):
+        run.train(state.replace(params=params), images, labels, order)

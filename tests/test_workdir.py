@@ -165,6 +165,19 @@ def test_ctrl_c_with_the_output_pipe_closed_still_saves_and_exits_130(tmp_path):
         ({"data.train_limit": -5}, r"config\.data\.train_limit must be >= 0, got -5"),
         ({"optim.b2": 1.5}, r"config\.optim\.b2 must be in \[0, 1\), got 1\.5"),
         ({"data.validation_size": -1}, r"config\.data\.validation_size must be >= 0"),
+        ({"label_smoothing": 1.0}, r"config\.label_smoothing must be in \[0, 1\), got 1\.0"),
+        ({"optim.ema_decay": -0.1}, r"config\.optim\.ema_decay must be in \[0, 1\)"),
+        ({"optim.schedule": "linear"}, r"config\.optim\.schedule must be one of"),
+        (
+            {"optim.schedule": "cosine", "optim.warmup_epochs": 1.0},
+            r"warmup_epochs = 1\.0 must be less than num_epochs = 1",
+        ),
+        (
+            {"optim.schedule": "onecycle", "num_epochs": 4},
+            r"final_lr_fraction must be in \(0, 1\] for onecycle, got 0\.0",
+        ),
+        ({"model.groups_mix": 0}, r"config\.model\.groups_mix must be >= 1, got 0"),
+        ({"model.name": "cnn", "model.head": "linear"}, r"model 'cnn' does not have"),
     ],
 )
 def test_bad_values_are_named_with_their_allowed_range(overrides, message):
@@ -180,6 +193,10 @@ def test_bad_data_is_named(tmp_path):
     data = input_pipeline.Dataset("cifar10", bad_labels, sample.test, 10, "test")
     with pytest.raises(errors.DataError, match=r"20 train labels outside \[0, 10\), e.g. label 10"):
         train_lib.validate_data(tiny_config(batch_size=10), data)
+    with pytest.raises(
+        errors.ConfigError, match=r"groups_nmf 3, .*NMFConv block2/a: groups=3 must divide"
+    ):
+        train_lib.validate_data(tiny_config(**{"model.groups_nmf": 3}), sample)
 
 
 def _write_folder(folder: pathlib.Path, members: list[str]) -> None:
@@ -245,6 +262,37 @@ def test_cli_one_line_errors_for_what_a_user_can_get_wrong(tmp_path):
         )
     )
     assert code == 1 and "Traceback" in output  # asked for
+
+
+@pytest.fixture
+def read_only_filesystem(tmp_path):
+    """A real read-only file system (a tmpfs remounted read-only) holding an empty folder ``run``;
+    even root cannot write there."""
+    mount_point = tmp_path / "ro"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        (mount_point / "run").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_read_only_workdir_is_one_line(read_only_filesystem):
+    for run, expected in (
+        (read_only_filesystem / "run", "run is not writable"),
+        (read_only_filesystem / "new", "cannot create --workdir"),
+    ):
+        code, output = _finish(_cli(run, "--config.num_epochs=1"))
+        errors_printed = [line for line in output.splitlines() if line.startswith("error:")]
+        assert code == 1 and len(errors_printed) == 1, output
+        assert expected in errors_printed[0] and "Traceback" not in output, output
+    assert "Read-only file system" in errors_printed[0]
 
 
 # --- validation split ------------------------------------------------------------------------------

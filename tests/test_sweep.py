@@ -1,0 +1,281 @@
+"""Sweeps (deepnmf_jax.sweep): grids and names, plans, the Pareto front, and whole sweeps run by
+submitit on this machine and on a real single-node SLURM cluster (scripts/slurm_local.sh)."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from deepnmf_jax.errors import ConfigError
+from deepnmf_jax.sweep import grid, report, spec
+from tests.test_train import ROOT, assert_trees_equal, final_state
+
+SMOKE = str(ROOT / "configs" / "sweeps" / "smoke.py")
+EPOCHS = "num_epochs=30"  # long enough to interrupt a SLURM job in the middle
+
+
+# --- grids, names, plans ---------------------------------------------------------------------------
+
+
+def test_grid_combinators_and_names():
+    points = grid.product(
+        grid.axis("model.name", ["cnn", "cnmf"]), grid.axis("model.width", [1.0, 0.5])
+    )
+    assert points[1] == {"model.name": "cnn", "model.width": 0.5}
+    names = [v.name for v in grid.variants(points)]
+    assert names == [
+        "model=cnn,width=1",
+        "model=cnn,width=0.5",
+        "model=cnmf,width=1",
+        "model=cnmf,width=0.5",
+    ]
+    both = grid.concat(points[:1], [{"model.name": "cnn", "optim.lr_a": 0.1}])
+    assert [v.name for v in grid.variants(both)] == ["model=cnn,width=1", "model=cnn,lr_a=0.1"]
+    # keys that would share a short name keep their whole name
+    assert grid.short_names(["model.groups", "data.groups"]) == {
+        "model.groups": "model.groups",
+        "data.groups": "data.groups",
+    }
+    with pytest.raises(ValueError, match=r"set the same keys \['model.name'\]"):
+        grid.product(grid.axis("model.name", ["cnn"]), grid.axis("model.name", ["cnmf"]))
+    with pytest.raises(ValueError, match="repeated points"):
+        grid.variants(grid.concat(points, points[:1]))
+    with pytest.raises(ValueError, match="has no values"):
+        grid.axis("seed", [])
+    selected = grid.select(grid.variants(points), ["model=cnmf*", "*width=1"])
+    assert [v.name for v in selected] == ["model=cnmf,width=1"]
+
+
+def test_set_values_take_the_type_of_the_config_field():
+    sweep = spec.load(SMOKE)
+    sets = ["num_epochs=5", "optim.lr_a=0.02", "progress=false", "model.groups_nmf=2", "loss=paper"]
+    parsed = spec.parse_sets(sets, sweep.base)
+    assert parsed == {
+        "num_epochs": 5,
+        "optim.lr_a": 0.02,
+        "progress": False,
+        "model.groups_nmf": 2,
+        "loss": "paper",
+    }
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.widht'"):
+        spec.parse_sets(["model.widht=2"], sweep.base)
+    with pytest.raises(ConfigError, match="num_epochs=five: not a int"):
+        spec.parse_sets(["num_epochs=five"], sweep.base)
+    with pytest.raises(
+        ConfigError, match=r"variant model=cnn,seed=21: config\.num_epochs must be >= 1"
+    ):
+        spec.plan(sweep, ["model=cnn", "seed=21"], ["num_epochs=0"])
+
+
+def test_plan_skips_variants_whose_groups_do_not_divide_with_the_reason():
+    sweep = spec.load(SMOKE)
+    with sweep.unlocked():
+        sweep.points = grid.axis("model.groups_nmf", [2, 3])
+    planned = spec.plan(sweep)
+    assert [p.skipped is None for p in planned] == [True, False]
+    assert "groups=3 must divide both the input channels (4)" in planned[1].skipped
+    counts = planned[0].parameters
+    assert counts["total"] == counts["nmf"] + counts["conv"] + counts["batchnorm"] > 0
+
+
+def test_fig6_plan_counts_by_hand():
+    """Fig. 6's grid has 4 x 5 x 5 variants; one of them counted by hand (see test_models)."""
+    sweep = spec.load(str(ROOT / "configs" / "sweeps" / "fig6.py"))
+    assert len(grid.variants(list(sweep.points))) == 100
+    planned = spec.plan(sweep, ["width=1", "groups_nmf=16", "groups_mix=1"])
+    assert [p.name for p in planned] == ["width=1,groups_nmf=16,groups_mix=1"]
+    counts = planned[0].parameters
+    assert counts["nmf"] == 12_704 and counts["conv"] == 14_638 and counts["batchnorm"] == 384
+    fig5 = spec.load(str(ROOT / "configs" / "sweeps" / "fig5.py") + ":fashion_mnist")
+    assert fig5.base.data.name == "fashion_mnist" and "paper" not in fig5
+
+
+def test_pareto_front_on_hand_made_points():
+    params = [100, 200, 200, 300, 50, 300, 400]
+    accuracy = [0.5, 0.7, 0.6, 0.7, 0.4, 0.8, 0.8]
+    # 200/0.6 loses to 200/0.7 (equal parameters); 300/0.7 to 200/0.7 (equal accuracy);
+    # 400/0.8 to 300/0.8; the rest trade parameters for accuracy.
+    np.testing.assert_array_equal(
+        report.pareto_front(params, accuracy), [True, True, False, False, True, True, False]
+    )
+    np.testing.assert_array_equal(report.pareto_front([5, 5], [0.3, 0.3]), [True, True])  # a tie
+    with pytest.raises(ValueError, match="1-d of one length"):
+        report.pareto_front([1, 2], [0.1])
+
+
+# --- whole sweeps ----------------------------------------------------------------------------------
+
+
+def _sweep(*args, timeout=600):
+    """``python -m deepnmf_jax.sweep ARGS`` with the test suite's compilation cache, one CPU device."""
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        XLA_FLAGS="",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "deepnmf_jax.sweep", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    """The smoke sweep (2 models x 2 seeds) run by the local executor, two at a time."""
+    folder = tmp_path_factory.mktemp("local_sweep")
+    code, output = _sweep(
+        "run", SMOKE, "--workdir", str(folder), "--max-parallel", "2", "--set", EPOCHS
+    )
+    assert code == 0, output
+    return folder, output
+
+
+def test_local_sweep_runs_reports_and_reruns_nothing(local_sweep):
+    folder, output = local_sweep
+    assert "starting 4" in output and "4 done of 4" in output
+    plan = json.loads((folder / "sweep.json").read_text())
+    names = [v["name"] for v in plan["variants"]]
+    assert names == [
+        "model=cnn,seed=21",
+        "model=cnn,seed=22",
+        "model=cnmf,seed=21",
+        "model=cnmf,seed=22",
+    ]
+    for name in names:
+        results = json.loads((folder / name / "results.json").read_text())
+        assert results["epochs_completed"] == 30 and results["parameters"]["batchnorm"] == 24
+    code, output = _sweep("run", SMOKE, "--workdir", str(folder), "--set", EPOCHS)
+    assert code == 0 and "(4 done); starting 0" in output, output
+    code, output = _sweep("report", "--workdir", str(folder))
+    assert code == 0, output
+    for name in ("fig5.png", "fig5.svg", "learning_curves.png", "learning_curves.svg"):
+        assert (folder / name).stat().st_size > 10_000, name
+    table = (folder / "summary.md").read_text()
+    assert "| model=cnmf,seed=22 | done | 30 | 1 | 2,780 (2,756 / 0 / 24) |" in table
+    assert "4 of 4 variants done" in table
+    csv_lines = (folder / "summary.csv").read_text().splitlines()
+    assert len(csv_lines) == 5 and csv_lines[0].startswith(
+        "variant,state,epochs,seeds,params_total"
+    )
+
+
+def test_a_failed_variant_is_reported_and_the_others_finish(tmp_path):
+    sweep_file = tmp_path / "two.py"
+    sweep_file.write_text(
+        "from configs.sweeps import smoke\n"
+        "from deepnmf_jax.sweep import grid\n\n"
+        "def get_config():\n"
+        "    sweep = smoke.get_config()\n"
+        "    sweep.points = grid.concat(\n"
+        "        [{'model.name': 'cnn'}],\n"
+        "        [{'model.name': 'cnmf', 'data.source': 'folder', 'data.data_dir': 'missing'}],\n"
+        "    )\n"
+        "    return sweep\n"
+    )
+    code, output = _sweep("run", str(sweep_file), "--workdir", str(tmp_path / "run"))
+    assert code == 0, output
+    code, output = _sweep("status", "--workdir", str(tmp_path / "run"))
+    lines = {line.split()[0]: line for line in output.splitlines()[1:-1]}
+    assert " done " in lines["model=cnn"]
+    failed = lines["model=cnmf,source=folder,data_dir=missing"]
+    assert (
+        " failed " in failed and "DataNotFoundError: could not find the cifar10 dataset" in failed
+    )
+    assert "1 done, 1 failed of 2" in output
+    code, output = _sweep("status", "--workdir", str(tmp_path / "nothing"))
+    assert code == 1 and "holds no sweep" in output
+
+
+def test_dry_run_lists_parameters_and_trains_nothing(tmp_path):
+    code, output = _sweep("run", str(ROOT / "configs" / "sweeps" / "fig5.py"), "--dry-run")
+    assert code == 0, output
+    assert "model=cnmf_1x1    167,886    152,864     14,638    384   0.09576" in output
+    assert "4 variants, 0 skipped" in output
+    code, output = _sweep("run", SMOKE, "--workdir", str(tmp_path), "--set", "model.nmae=cnn")
+    assert code == 1 and "error: unknown config key 'model.nmae'" in output
+
+
+# --- a real SLURM cluster --------------------------------------------------------------------------
+
+needs_slurm = pytest.mark.skipif(
+    shutil.which("sbatch") is None
+    or subprocess.run(["scontrol", "ping"], capture_output=True).returncode != 0,
+    reason="no SLURM cluster here (sbatch missing or slurmctld down): "
+    "run `bash scripts/slurm_local.sh install && bash scripts/slurm_local.sh start` as root",
+)
+
+
+def _job_id(variant: pathlib.Path) -> str:
+    return json.loads((variant / "job.json").read_text())["job_id"]
+
+
+def _wait(condition, timeout=240, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(what)
+
+
+def _epochs(variant: pathlib.Path) -> int:
+    metrics = variant / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
+def _queue_state(job: str) -> str:
+    listed = subprocess.run(
+        ["squeue", "--noheader", "--format=%T %r", "--jobs", job], capture_output=True, text=True
+    )
+    return listed.stdout.strip()
+
+
+@needs_slurm
+def test_slurm_preemption_requeues_and_a_cancelled_job_reruns_with_identical_results(
+    local_sweep, tmp_path
+):
+    """On a real slurmctld/slurmd: one variant is preempted (SIGUSR2, as SLURM sends it before a
+    time limit): it saves, submitit requeues it and it resumes. The other is cancelled (scancel);
+    rerunning ``run`` resubmits it and it resumes. Both end bit-identical to the uninterrupted local
+    runs of the same configs."""
+    reference, _ = local_sweep
+    folder = tmp_path / "slurm"
+    args = ("run", SMOKE, "--workdir", str(folder), "--executor", "slurm", "--only", "model=cnmf")
+    code, output = _sweep(*args, "--slurm.cpus_per_task=1", "--set", EPOCHS)
+    assert code == 0 and "submitted 2 jobs" in output, output
+    preempted, cancelled = folder / "model=cnmf,seed=21", folder / "model=cnmf,seed=22"
+    _wait(lambda: _epochs(preempted) >= 1 and _epochs(cancelled) >= 1, what="first epochs")
+    subprocess.run(["scancel", "--signal=USR2", _job_id(preempted)], check=True)
+    subprocess.run(["scancel", _job_id(cancelled)], check=True)
+    # SLURM holds a requeued job for two minutes; an administrator's "start now" skips the wait.
+    _wait(lambda: "BeginTime" in _queue_state(_job_id(preempted)), what="the requeue")
+    subprocess.run(
+        ["scontrol", "update", f"jobid={_job_id(preempted)}", "StartTime=now"], check=True
+    )
+    _wait(lambda: not _queue_state(_job_id(cancelled)), what="the cancelled job to leave")
+    code, output = _sweep("status", "--workdir", str(folder))
+    assert "model=cnmf,seed=22" in output and " stopped " in output, output
+    assert 0 < _epochs(cancelled) < 30
+    code, output = _sweep(*args, "--slurm.cpus_per_task=1", "--set", EPOCHS, "--wait")
+    assert code == 0 and "starting 1" in output, output  # the preempted one is still queued/running
+    _wait(lambda: not _queue_state(_job_id(preempted)), what="the requeued job to finish")
+    log = next((folder / "logs").glob(f"{_job_id(preempted)}*_log.out")).read_text()
+    assert "stopped by SIGUSR2" in log and "Requeued job" in log and "resumed from epoch" in log
+    for variant in (preempted, cancelled):
+        assert_trees_equal(final_state(reference / variant.name), final_state(variant))
+        ours = json.loads((variant / "results.json").read_text())
+        theirs = json.loads((reference / variant.name / "results.json").read_text())
+        assert ours["per_seed"] == theirs["per_seed"] and ours["epochs_completed"] == 30
