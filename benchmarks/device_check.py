@@ -45,7 +45,7 @@ import jax  # noqa: E402
 import train_step  # noqa: E402  (benchmarks/train_step.py)
 
 from configs import cifar10  # noqa: E402
-from deepnmf_jax import benchmarking, input_pipeline, models, reference, train_lib  # noqa: E402
+from deepnmf_jax import benchmarking, input_pipeline, models, parity, train_lib  # noqa: E402
 
 FIXTURES = HERE.parent / "tests" / "fixtures"
 
@@ -73,8 +73,8 @@ def _compare(out: dict, fixture, prefix: str = "") -> dict:
     for name, value in out.items():
         ref = fixture[f"{prefix}{name}"]
         checks[name] = {
-            "scaled_error": reference.scaled_error(value, ref),
-            "out_of_bounds": reference.out_of_fixture_bounds(value, ref, np.float32),
+            "scaled_error": parity.scaled_error(value, ref),
+            "out_of_bounds": parity.out_of_fixture_bounds(value, ref, np.float32),
         }
     return checks
 
@@ -82,16 +82,16 @@ def _compare(out: dict, fixture, prefix: str = "") -> dict:
 def parity_section() -> dict:
     layer = np.load(FIXTURES / "nnmf_layer.npz")
     rows = {}
-    for case in reference.LAYER_CASES:
-        out = reference.layer_fixture_outputs(layer, case, np.float32)
+    for case in parity.LAYER_CASES:
+        out = parity.layer_fixture_outputs(layer, case, np.float32)
         row = {"float32": _compare(out, layer, f"{case}/")}
         for precision in ("bfloat16", "tf32"):
-            h = reference.layer_fixture_outputs(layer, case, np.float32, precision=precision)["h"]
-            row[f"{precision}_h_scaled_error"] = reference.scaled_error(h, layer[f"{case}/h"])
+            h = parity.layer_fixture_outputs(layer, case, np.float32, precision=precision)["h"]
+            row[f"{precision}_h_scaled_error"] = parity.scaled_error(h, layer[f"{case}/h"])
         rows[f"layer/{case}"] = row
     for name in models.PAPER_MODELS:
         fixture = np.load(FIXTURES / f"model_{name}.npz")
-        out = reference.model_fixture_outputs(name, fixture, np.float32)
+        out = parity.model_fixture_outputs(name, fixture, np.float32)
         zero_grad = {f"grad/{p}" for p in fixture["meta/zero_grad_params"]}
         out = {k: v for k, v in out.items() if k not in zero_grad and k != "output/loss"}
         rows[f"model/{name}"] = {"float32": _compare(out, fixture)}

@@ -190,5 +190,9 @@ def preprocess_for_train(images: jax.Array, key: jax.Array, config: AugmentConfi
 
 
 def preprocess_for_eval(images: jax.Array, crop_size: int) -> jax.Array:
-    """uint8 (N, H, W, C) -> centre-cropped float32 (N, crop, crop, C) in [0, 1]."""
+    """uint8 (N, H, W, C) -> centre-cropped float32 (N, crop, crop, C) in [0, 1]. Float images
+    (corrupted ones, say) are only cropped: every a-layer L1-normalises its patches, so the
+    networks do not change when an input is scaled."""
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        return center_crop(images.astype(jnp.float32), crop_size)
     return center_crop(to_float(images), crop_size)

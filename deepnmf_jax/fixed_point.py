@@ -146,7 +146,17 @@ def num_chunks(positions: int, inputs: int, hidden: int, itemsize: int, chunk_by
 
 def _iterate_all(x, w, options: NMFOptions):
     num_hidden = w.shape[-1]
-    h0 = jnp.full(x.shape[:-1] + (num_hidden,), 1.0 / num_hidden, dtype=x.dtype)
+    # h0 = 1/I everywhere, shaped by broadcasting (no shape argument: exporters with a symbolic
+    # batch, such as jax2onnx, cannot build a constant of that shape)
+    h0 = jnp.zeros_like(x[..., :1]) + jnp.full((1, num_hidden), 1.0 / num_hidden, x.dtype)
+
+    if options.carry_inputs:  # the same loop with x and W in the carry (NMFOptions.carry_inputs)
+
+        def carried(_, carry):
+            h, x_, w_ = carry
+            return nmf_update(h, x_, w_, options.epsilon, options.precision), x_, w_
+
+        return lax.fori_loop(0, options.iterations, carried, (h0, x, w))[0]
 
     def body(_, h):
         return nmf_update(h, x, w, options.epsilon, options.precision)

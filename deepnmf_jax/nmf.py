@@ -102,6 +102,10 @@ class NMFOptions:
       chunk_bytes: run the loop over chunks of positions whose working set is about this many bytes
         (:func:`num_chunks`), one after another, so that each stays in cache; 0: one piece; None:
         ``DEFAULT_CHUNK_BYTES`` on a CPU and one piece on accelerators. Same values up to rounding.
+      carry_inputs: pass x and W through the loop's carry instead of closing over them: the same
+        values, and what jax2onnx's ``fori_loop`` lowering needs (it cannot convert a loop body that
+        closes over a computed array). Only for inference: under ``gradient="unrolled"`` autodiff
+        would store x and W at every iteration.
       precision: the loop's matrix products (``PRECISIONS``): ``"float32"`` (``Precision.HIGHEST``),
         ``"bfloat16"`` (bf16 inputs, float32 accumulation: mixed precision) or ``"tf32"``
         (``Precision.DEFAULT``). The codes, normalisations, divisions and every backward stay in the
@@ -115,6 +119,7 @@ class NMFOptions:
     check_inputs: bool = False
     chunk_bytes: int | None = None
     precision: Precision = "float32"
+    carry_inputs: bool = False
 
     def __post_init__(self):
         iterations = self.iterations
@@ -130,6 +135,8 @@ class NMFOptions:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.epsilon is not None and not self.epsilon > 0:
             raise ValueError(f"epsilon must be None or > 0, got {self.epsilon!r}")
+        if self.carry_inputs and self.gradient == "unrolled":
+            raise ValueError("carry_inputs=True is for inference; it does not go with 'unrolled'")
         if self.chunk_bytes is not None and self.chunk_bytes < 0:
             raise ValueError(f"chunk_bytes must be None or >= 0, got {self.chunk_bytes!r}")
 

@@ -203,6 +203,10 @@ class Placement:
         """A host array (the same in every process) as a global array, replicated by default."""
         return global_array(host_array, target or self.replicated)
 
+    def put_tree(self, tree, target: NamedSharding | None = None):
+        """Every host array of ``tree`` placed as :meth:`put` places one."""
+        return jax.tree_util.tree_map(lambda leaf: self.put(leaf, target), tree)
+
     def fetch(self, tree):
         """Device values (possibly spread over processes) as host numpy arrays."""
         if jax.process_count() > 1:  # another process holds some shards: replicate first

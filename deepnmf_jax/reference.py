@@ -10,11 +10,18 @@ Names follow the fixtures (``tests/fixtures/README.md``): ``blockK.a.weight``, `
 * biases and BatchNorm scale (torch's ``weight``) and bias: (C,) in both.
 
 This is how weights trained with the PyTorch code are brought over, and how parity is tested.
+
+A real reference network's ``state_dict()`` is keyed by module position in its ``nn.Sequential``
+(``4.weight``, ``15.weight``, ...), which depends on the model type: :func:`positional_names` derives
+that layout from the model definition, and :func:`load_reference_params` accepts either. To save a
+trained reference model for this library (the reference pickles the whole module)::
+
+    net = torch.load("Model_seed_21.pt", weights_only=False)
+    numpy.savez("model.npz", **{k: v.cpu().numpy() for k, v in net.state_dict().items()})
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from deepnmf_jax import losses, models, nmf
+from deepnmf_jax import models
 
 _PARAM_PREFIX = "param/"
 
@@ -72,6 +79,46 @@ def _to_torch(value: np.ndarray, nmf_layout: bool, is_kernel: bool) -> np.ndarra
     return torch_value if nmf_layout else torch_value[:, :, None, None]
 
 
+MODULES_PER_PATCH_INPUT = 4  # ReLU, Unfold, Fold (a reshape), L1NormLayer
+MODULES_PER_MIX_INPUT = 2  # ReLU, L1NormLayer
+
+
+def positional_names(model_name: str, image_size: int = 28, **model_overrides) -> dict[str, str]:
+    """The reference's ``nn.Sequential`` positions of a model's parameters: ``{"4.weight":
+    "block1.a.weight", ...}``.
+
+    The reference's ``append_block`` appends, per block: ReLU, Unfold, Fold, L1Norm, the a-layer,
+    BatchNorm if the output is larger than 1x1, then for the +1x1 models ReLU, L1Norm, the 1x1 conv
+    and BatchNorm if larger than 1x1, then the AvgPool if the block pools; ``make_network`` ends
+    with Softmax and Flatten (spec 1.1). Which of these a block has is read off this library's
+    model (its BatchNorm layers exist exactly where the reference's do).
+    """
+    model, shapes = _template(model_name, image_size, **model_overrides)
+    params = shapes["params"]
+    names, position = {}, 0
+    for index, spec in enumerate(model.blocks, start=1):
+        block = params[f"block{index}"]
+        position += MODULES_PER_PATCH_INPUT
+        layers = [("a", position)]
+        position += 1
+        if "a_bn" in block:
+            layers.append(("a_bn", position))
+            position += 1
+        if "b" in block:
+            position += MODULES_PER_MIX_INPUT
+            layers.append(("b", position))
+            position += 1
+            if "b_bn" in block:
+                layers.append(("b_bn", position))
+                position += 1
+        position += int(spec.pool)
+        for layer, at in layers:
+            for leaf in block[layer]:
+                torch_leaf = "weight" if leaf in ("kernel", "scale") else leaf
+                names[f"{at}.{torch_leaf}"] = _torch_name((f"block{index}", layer, leaf))
+    return names
+
+
 def load_reference_params(
     model_name: str,
     arrays: Mapping[str, Any],
@@ -101,6 +148,15 @@ def load_reference_params(
     """
     if any(key.startswith(_PARAM_PREFIX) for key in arrays):
         arrays = {k[len(_PARAM_PREFIX) :]: arrays[k] for k in arrays if k.startswith(_PARAM_PREFIX)}
+    if arrays and all(key.split(".")[0].isdigit() for key in arrays):  # a real state_dict
+        positions = positional_names(model_name, image_size, **model_overrides)
+        unknown = sorted(set(arrays) - set(positions), key=lambda k: int(k.split(".")[0]))
+        if unknown:
+            raise ValueError(
+                f"state_dict keys {unknown} are not parameters of a reference {model_name!r} "
+                f"network, whose parameters sit at {sorted(positions, key=lambda k: int(k.split('.')[0]))}"
+            )
+        arrays = {positions[key]: value for key, value in arrays.items()}
     model, shapes = _template(model_name, image_size, **model_overrides)
     flat_shapes = traverse_util.flatten_dict(shapes["params"])
     expected = {_torch_name(path): path for path in flat_shapes}
@@ -151,132 +207,3 @@ def export_reference_params(model_name: str, tree: Mapping[str, Any], **model_ov
             np.asarray(value), _is_nmf(model, path), is_kernel=path[-1] == "kernel"
         )
     return out
-
-
-# --- evaluating the reference fixtures (tests/fixtures/README.md) ------------------------------------
-
-
-@functools.partial(jax.jit, static_argnames=("iterations", "precision"))
-def _layer_outputs(x_raw, u, upstream, iterations, precision="float32"):
-    def objective(x_raw, u):
-        h = nmf.nmf_fixed_point(
-            nmf.l1_normalize(x_raw),
-            nmf.normalize_weight(u),
-            iterations=iterations,
-            precision=precision,
-        )
-        return jnp.sum(h * upstream), h
-
-    (_, h), (grad_x_raw, grad_u) = jax.value_and_grad(objective, (0, 1), has_aux=True)(x_raw, u)
-    x, w = nmf.l1_normalize(x_raw), nmf.normalize_weight(u)
-
-    def objective_xw(x, w):
-        return jnp.sum(
-            upstream * nmf.nmf_fixed_point(x, w, iterations=iterations, precision=precision)
-        )
-
-    grad_x, grad_w = jax.grad(objective_xw, (0, 1))(x, w)
-    return {
-        "x": x,
-        "W": w,
-        "h": h,
-        "grad_x": grad_x,
-        "grad_x_raw": grad_x_raw,
-        "grad_W": grad_w,
-        "grad_U": grad_u,
-    }
-
-
-def layer_fixture_outputs(
-    arrays: Mapping[str, Any], case: str, dtype=jnp.float64, precision: str = "float32"
-) -> dict:
-    """Recomputes one case of ``nnmf_layer.npz`` (L1 norm, W = normalize_weight(U), NMF, L = sum(h g)),
-    with the NMF loop's matrix products in ``precision`` (:func:`deepnmf_jax.nmf.nmf_fixed_point`).
-
-    Returns ``x, W, h, grad_x, grad_x_raw, grad_W, grad_U`` as numpy arrays in the fixture's (torch)
-    layouts, for comparison with ``arrays[f"{case}/{name}"]``.
-    """
-    nhwc = lambda a: jnp.asarray(np.moveaxis(np.asarray(a), 1, -1), dtype)
-    out = _layer_outputs(
-        nhwc(arrays[f"{case}/x_raw"]),
-        jnp.asarray(np.asarray(arrays[f"{case}/U"]).T, dtype),
-        nhwc(arrays[f"{case}/g"]),
-        iterations=int(arrays[f"{case}/iterations"]),
-        precision=precision,
-    )
-    return {
-        name: np.asarray(value).T
-        if name in ("W", "grad_W", "grad_U")
-        else np.moveaxis(np.asarray(value), -1, 1)
-        for name, value in out.items()
-    }
-
-
-@functools.cache
-def _model_outputs_fn(model_name: str, options: tuple):
-    model = models.build_model(model_name, **dict(options))
-
-    @jax.jit
-    def outputs(params, images, labels):
-        def objective(params):
-            probs, intermediates = model.apply(
-                {"params": params}, images, train=True, return_intermediates=True
-            )
-            return losses.reference_loss(probs, labels), (probs, intermediates)
-
-        (loss, (probs, intermediates)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        return loss, probs, {k: v["out"] for k, v in intermediates.items()}, grads
-
-    return outputs
-
-
-def model_fixture_outputs(
-    model_name: str,
-    arrays: Mapping[str, Any],
-    dtype=jnp.float64,
-    gradient: str = "approximate",
-    **model_options,
-) -> dict:
-    """Recomputes a ``model_<name>.npz`` fixture: the fixture's parameters and images, the reference
-    loss and one backward pass. Returns numpy arrays under the fixture's keys and layouts:
-    ``output/probs``, ``output/loss``, ``act/blockK.out`` (NCHW) and ``grad/<param>``.
-    ``model_options`` go to :func:`deepnmf_jax.models.build_model` (e.g. ``precision``)."""
-    params = load_reference_params(model_name, arrays, dtype=dtype)["params"]
-    images = jnp.asarray(arrays["input/images"], dtype)
-    labels = jnp.asarray(arrays["input/labels"], jnp.int32)
-    options = tuple(sorted({"gradient": gradient, **model_options}.items()))
-    loss, probs, acts, grads = _model_outputs_fn(model_name, options)(params, images, labels)
-    out = {"output/probs": np.asarray(probs), "output/loss": np.asarray(loss)}
-    out.update({f"act/{block}.out": np.moveaxis(np.asarray(a), -1, 1) for block, a in acts.items()})
-    out.update(
-        {f"grad/{name}": g for name, g in export_reference_params(model_name, grads).items()}
-    )
-    return out
-
-
-def scaled_error(new, ref) -> float:
-    """``max|new - ref| / max|ref|``, the fixtures README's measure."""
-    new, ref = np.asarray(new, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(new - ref)) / np.max(np.abs(ref)))
-
-
-def out_of_fixture_bounds(new, ref, dtype) -> int:
-    """How many entries break the fixtures README's per-element bound: ``|new - ref| <= rel |ref| +
-    scale max|ref|`` with (rel, scale) = (1e-9, 1e-11) for float64 and (1e-4, 1e-4) for float32."""
-    new, ref = np.asarray(new, np.float64), np.asarray(ref, np.float64)
-    if new.shape != ref.shape:
-        raise ValueError(f"shapes differ: {new.shape} vs {ref.shape}")
-    rel, scale = (1e-9, 1e-11) if np.dtype(dtype) == np.float64 else (1e-4, 1e-4)
-    bound = rel * np.abs(ref) + scale * np.max(np.abs(ref))
-    return int(np.sum(np.abs(new - ref) > bound))
-
-
-LAYER_CASES = (
-    "s75_i32_3x3_it20",
-    "s75_i32_3x3_it5",
-    "s10_i7_1x1_it20",
-    "s10_i7_1x1_it5",
-    "s75_i32_3x3_it20_zeropatch",
-    "s10_i7_1x1_it20_uzero",
-)
-"""The cases of ``tests/fixtures/nnmf_layer.npz``."""

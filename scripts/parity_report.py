@@ -13,7 +13,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from deepnmf_jax import reference  # noqa: E402
+from deepnmf_jax import parity  # noqa: E402
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
@@ -27,7 +27,7 @@ def layer_report():
     worst = {}
     for case in arrays["meta/cases"]:
         for dtype in (np.float64, np.float32):
-            out = reference.layer_fixture_outputs(arrays, str(case), dtype)
+            out = parity.layer_fixture_outputs(arrays, str(case), dtype)
             errors = {name: scaled(value, arrays[f"{case}/{name}"]) for name, value in out.items()}
             print(
                 f"layer {case:<28} {np.dtype(dtype).name:<8} "
@@ -43,7 +43,7 @@ def model_report():
         arrays = dict(np.load(FIXTURES / f"model_{name}.npz"))
         zero = {f"grad/{n}" for n in arrays["meta/zero_grad_params"]}
         for dtype in (np.float64, np.float32):
-            out = reference.model_fixture_outputs(name, arrays, dtype)
+            out = parity.model_fixture_outputs(name, arrays, dtype)
             errors = {
                 "probs": scaled(out["output/probs"], arrays["output/probs"]),
                 "loss": scaled(out["output/loss"], arrays["output/loss"]),

@@ -39,3 +39,29 @@ def getkey():
 @pytest.fixture(scope="session")
 def layer_fixtures():
     return np.load(FIXTURES / "nnmf_layer.npz")
+
+
+SWEEP_EPOCHS = "num_epochs=30"  # long enough to interrupt a SLURM job of the same config midway
+
+
+@pytest.fixture(scope="session")
+def local_sweep(tmp_path_factory):
+    """The smoke sweep (2 models x 2 seeds, tiny) run by the local executor, two at a time: the
+    sweep tests' uninterrupted reference and the evaluate tests' trained runs. Returns (folder,
+    the command's output)."""
+    from tests.runners import SMOKE, run_module
+
+    folder = tmp_path_factory.mktemp("local_sweep")
+    code, output = run_module(
+        "deepnmf_jax.sweep",
+        "run",
+        SMOKE,
+        "--workdir",
+        folder,
+        "--max-parallel",
+        "2",
+        "--set",
+        SWEEP_EPOCHS,
+    )
+    assert code == 0, output
+    return folder, output

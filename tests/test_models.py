@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepnmf_jax import models, reference
+from deepnmf_jax import models, parity, reference
 from tests.conftest import FIXTURES
 from tests.helpers import assert_close_to_reference, scaled_error
 
@@ -24,7 +24,7 @@ def _fixture(name):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_model_matches_reference_fixtures(name, dtype):
     fixture = _fixture(name)
-    out = reference.model_fixture_outputs(name, fixture, dtype)
+    out = parity.model_fixture_outputs(name, fixture, dtype)
     assert out["output/probs"].dtype == dtype and out["output/loss"].dtype == dtype
     assert_close_to_reference(out["output/probs"], fixture["output/probs"], dtype, f"{name} probs")
     loss_rtol = 1e-12 if dtype == np.float64 else 1e-6
@@ -49,7 +49,7 @@ def test_model_matches_reference_fixtures(name, dtype):
 def test_unrolled_gradient_differs_from_the_reference():
     """The fixtures were made with the one-step backward; autodiff through the loop is different."""
     fixture = _fixture("cnmf")
-    out = reference.model_fixture_outputs("cnmf", fixture, np.float64, gradient="unrolled")
+    out = parity.model_fixture_outputs("cnmf", fixture, np.float64, gradient="unrolled")
     assert scaled_error(out["output/probs"], fixture["output/probs"]) < 1e-12  # same forward
     for param in ("block1.a.weight", "block4.a.weight"):
         key = f"grad/{param}"
@@ -222,3 +222,28 @@ def test_linear_head(getkey):
             )
     with pytest.raises(ValueError, match="head must be one of"):
         models.build_model("cnn_1x1", head="plain")
+
+
+@functools.cache
+def _state_dicts():
+    return dict(np.load(FIXTURES / "reference_state_dicts.npz"))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_real_reference_state_dict_loads_and_gives_the_reference_probabilities(name):
+    """``reference_state_dicts.npz`` holds ``state_dict()`` of networks built by the reference's own
+    ``make_network`` (keys by module position, e.g. ``15.weight``), with the fixture's weights, and
+    the reference's float32 probabilities on the fixture images (tests/fixtures/README.md)."""
+    arrays = _state_dicts()
+    prefix = f"{name}/state_dict/"
+    state_dict = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+    assert set(state_dict) == set(reference.positional_names(name))
+    variables = reference.load_reference_params(name, state_dict)
+    images = jnp.asarray(_fixture(name)["input/images"], jnp.float32)
+    probs = models.build_model(name).apply(variables, images, train=True)
+    np.testing.assert_allclose(probs, arrays[f"{name}/probs_float32"], rtol=0, atol=2e-6)
+    other = "cnn" if name != "cnn" else "cnmf"
+    with pytest.raises(
+        ValueError, match=rf"(not parameters of a reference|do not match model) '{other}'"
+    ):
+        reference.load_reference_params(other, state_dict)

@@ -9,16 +9,16 @@ import pytest
 from jax.experimental import checkify
 from jax.test_util import check_grads
 
-from deepnmf_jax import nmf, reference
+from deepnmf_jax import nmf, parity
 from tests.helpers import assert_close_to_reference, scaled_error
 
-CASES = list(reference.LAYER_CASES)
+CASES = list(parity.LAYER_CASES)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CASES)
 def test_layer_matches_reference_fixtures(layer_fixtures, case, dtype):
-    out = reference.layer_fixture_outputs(layer_fixtures, case, dtype)
+    out = parity.layer_fixture_outputs(layer_fixtures, case, dtype)
     for name, value in out.items():
         assert value.dtype == dtype
         assert_close_to_reference(value, layer_fixtures[f"{case}/{name}"], dtype, f"{case}/{name}")
@@ -26,7 +26,7 @@ def test_layer_matches_reference_fixtures(layer_fixtures, case, dtype):
 
 def test_zero_patches_give_zero_codes_and_finite_gradients(layer_fixtures):
     case = "s75_i32_3x3_it20_zeropatch"
-    out = reference.layer_fixture_outputs(layer_fixtures, case, np.float64)
+    out = parity.layer_fixture_outputs(layer_fixtures, case, np.float64)
     zero = np.all(layer_fixtures[f"{case}/x_raw"] == 0, axis=1)  # (N, H, W): all-zero patches
     assert zero.sum() == 12
     h, grad_x_raw = np.moveaxis(out["h"], 1, -1), np.moveaxis(out["grad_x_raw"], 1, -1)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepnmf_jax import nmf, reference, train_lib
+from deepnmf_jax import nmf, parity, train_lib
 from tests.helpers import assert_close_to_reference, scaled_error
 from tests.test_models import _fixture
 from tests.test_nmf import CASES
@@ -20,7 +20,7 @@ float64 reference; measured up to 8.7e-3 on the layer fixtures."""
 
 @pytest.mark.parametrize("case", CASES)
 def test_bfloat16_layer_forward_within_the_stated_tolerance(layer_fixtures, case):
-    out = reference.layer_fixture_outputs(layer_fixtures, case, np.float32, precision="bfloat16")
+    out = parity.layer_fixture_outputs(layer_fixtures, case, np.float32, precision="bfloat16")
     assert out["h"].dtype == np.float32  # the codes stay float32
     error = scaled_error(out["h"], layer_fixtures[f"{case}/h"])
     assert error <= BFLOAT16_FORWARD_TOL, error
@@ -31,7 +31,7 @@ def test_bfloat16_layer_forward_within_the_stated_tolerance(layer_fixtures, case
 
 @pytest.mark.parametrize("case", CASES)
 def test_tf32_on_cpu_is_float32(layer_fixtures, case):
-    out = reference.layer_fixture_outputs(layer_fixtures, case, np.float32, precision="tf32")
+    out = parity.layer_fixture_outputs(layer_fixtures, case, np.float32, precision="tf32")
     for name, value in out.items():
         assert_close_to_reference(value, layer_fixtures[f"{case}/{name}"], np.float32, name)
 
@@ -60,7 +60,7 @@ def test_bfloat16_zero_patches_give_zero_codes_and_finite_gradients(layer_fixtur
 
 def test_bfloat16_model_forward_within_the_stated_tolerance():
     fixture = _fixture("cnmf_1x1")
-    out = reference.model_fixture_outputs("cnmf_1x1", fixture, np.float32, precision="bfloat16")
+    out = parity.model_fixture_outputs("cnmf_1x1", fixture, np.float32, precision="bfloat16")
     for key in ("output/probs", "act/block1.out", "act/block2.out"):
         error = scaled_error(out[key], fixture[key])
         assert error <= BFLOAT16_FORWARD_TOL, (key, error)

@@ -2,11 +2,9 @@
 submitit on this machine and on a real single-node SLURM cluster (scripts/slurm_local.sh)."""
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -14,10 +12,11 @@ import pytest
 
 from deepnmf_jax.errors import ConfigError
 from deepnmf_jax.sweep import grid, report, spec
-from tests.test_train import ROOT, assert_trees_equal, final_state
+from tests.conftest import SWEEP_EPOCHS
+from tests.runners import ROOT, SMOKE, run_module
+from tests.test_train import assert_trees_equal, final_state
 
-SMOKE = str(ROOT / "configs" / "sweeps" / "smoke.py")
-EPOCHS = "num_epochs=30"  # long enough to interrupt a SLURM job in the middle
+EPOCHS = SWEEP_EPOCHS
 
 
 # --- grids, names, plans ---------------------------------------------------------------------------
@@ -48,6 +47,8 @@ def test_grid_combinators_and_names():
         grid.variants(grid.concat(points, points[:1]))
     with pytest.raises(ValueError, match="has no values"):
         grid.axis("seed", [])
+    labelled = grid.variants([{grid.LABEL: "fast", "optim.lr_a": 0.05, "optim.schedule": "cosine"}])
+    assert labelled == [grid.Variant("fast", {"optim.lr_a": 0.05, "optim.schedule": "cosine"})]
     selected = grid.select(grid.variants(points), ["model=cnmf*", "*width=1"])
     assert [v.name for v in selected] == ["model=cnmf,width=1"]
 
@@ -113,34 +114,7 @@ def test_pareto_front_on_hand_made_points():
 
 
 def _sweep(*args, timeout=600):
-    """``python -m deepnmf_jax.sweep ARGS`` with the test suite's compilation cache, one CPU device."""
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        XLA_FLAGS="",
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "deepnmf_jax.sweep", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return done.returncode, done.stdout + done.stderr
-
-
-@pytest.fixture(scope="module")
-def local_sweep(tmp_path_factory):
-    """The smoke sweep (2 models x 2 seeds) run by the local executor, two at a time."""
-    folder = tmp_path_factory.mktemp("local_sweep")
-    code, output = _sweep(
-        "run", SMOKE, "--workdir", str(folder), "--max-parallel", "2", "--set", EPOCHS
-    )
-    assert code == 0, output
-    return folder, output
+    return run_module("deepnmf_jax.sweep", *args, timeout=timeout)
 
 
 def test_local_sweep_runs_reports_and_reruns_nothing(local_sweep):

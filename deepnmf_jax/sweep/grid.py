@@ -9,6 +9,8 @@ few lines.
 
 Each point becomes a :class:`Variant` with a readable, stable name made of its keys' last parts and
 its values, in the order the axes were declared: ``model=cnmf_1x1,width=2,groups_nmf=4,groups_mix=1``.
+A point that sets the reserved key ``variant`` is named by that value instead (for explicit lists of
+many keys, e.g. training recipes), and ``variant`` is not applied to the config.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 Point = dict[str, Any]
+LABEL = "variant"  # a point's own name, not a config key
 
 
 def axis(key: str, values: Iterable[Any]) -> list[Point]:
@@ -89,14 +92,18 @@ def variants(points: Sequence[Point]) -> list[Variant]:
     """Named variants of a grid; names must come out unique (they are folder names)."""
     keys: list[str] = []
     for point in points:
-        keys += [k for k in point if k not in keys]
+        keys += [k for k in point if k not in keys and k != LABEL]
     names = short_names(keys)
     result = []
     for point in points:
-        name = ",".join(f"{names[k]}={format_value(point[k])}" for k in keys if k in point)
+        overrides = {k: v for k, v in point.items() if k != LABEL}
+        if LABEL in point:
+            name = str(point[LABEL])
+        else:
+            name = ",".join(f"{names[k]}={format_value(point[k])}" for k in keys if k in point)
         if "/" in name or not name:
             raise ValueError(f"variant name {name!r} cannot be a folder name")
-        result.append(Variant(name, dict(point)))
+        result.append(Variant(name, overrides))
     counts = {}
     for variant in result:
         counts[variant.name] = counts.get(variant.name, 0) + 1

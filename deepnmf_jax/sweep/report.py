@@ -29,6 +29,8 @@ class Row:
     parameters: dict | None  # total, nmf, conv, batchnorm, cnn_nmf_ratio
     final: dict | None  # {"mean", "std"} over seeds
     best: dict | None
+    val_final: dict | None  # validation accuracy (runs with a validation split), last epoch
+    val_best: dict | None  # best validation accuracy over the epochs
     train_hours: float | None
     history: list[dict]  # the per-epoch records (for the learning curves)
     note: str = ""
@@ -74,6 +76,11 @@ def collect(sweep_dir: pathlib.Path, plan: list[dict], statuses: list[VariantSta
             final = reporting.mean_std(accuracy[-1])
             best = reporting.mean_std(accuracy.max(axis=0))
         hours = sum(r.get("epoch_time_s", 0.0) for r in history) / 3600 if history else None
+        val_final = val_best = None
+        if history and all("val_accuracy" in r for r in history):
+            val = np.array([r["val_accuracy"] for r in history], np.float64)
+            val_final = reporting.mean_std(val[-1])
+            val_best = reporting.mean_std(val.max(axis=0))
         rows.append(
             Row(
                 name=entry["name"],
@@ -85,6 +92,8 @@ def collect(sweep_dir: pathlib.Path, plan: list[dict], statuses: list[VariantSta
                 parameters=entry.get("parameters"),
                 final=final,
                 best=best,
+                val_final=val_final,
+                val_best=val_best,
                 train_hours=hours,
                 history=history,
                 note=status.error or "",
@@ -121,6 +130,8 @@ COLUMNS = (
     "final_acc_std",
     "best_acc_mean",
     "best_acc_std",
+    "val_final_mean",
+    "val_best_mean",
     "train_hours",
     "note",
 )
@@ -148,6 +159,8 @@ def _cells(row: Row) -> dict:
         "final_acc_std": pct(row.final, "std"),
         "best_acc_mean": pct(row.best, "mean"),
         "best_acc_std": pct(row.best, "std"),
+        "val_final_mean": pct(row.val_final, "mean"),
+        "val_best_mean": pct(row.val_best, "mean"),
         "train_hours": None if row.train_hours is None else round(row.train_hours, 3),
         "note": row.note,
     }
@@ -169,7 +182,11 @@ def to_markdown(rows: list[Row], title: str, paper: dict | None = None) -> str:
         return "X" if stat is None else f"{100 * stat['mean']:.2f} +/- {100 * stat['std']:.2f}"
 
     header = ["variant", "state", "epochs", "seeds", "parameters (NMF / conv / BN)", "CNN/NMF"]
-    header += ["final test acc (%)", "best test acc (%)", "hours"]
+    header += ["final test acc (%)", "best test acc (%)"]
+    with_val = any(r.val_final is not None for r in rows)
+    if with_val:
+        header += ["final val acc (%)", "best val acc (%)"]
+    header.append("hours")
     if paper:
         header.append("paper (%)")
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -190,6 +207,8 @@ def to_markdown(rows: list[Row], title: str, paper: dict | None = None) -> str:
         state = f"{row.state} (partial)" if row.partial and row.state != "running" else row.state
         cells = [row.name, state, str(row.epochs), str(row.seeds), counts, ratio]
         cells += [acc(row.final), acc(row.best)]
+        if with_val:
+            cells += [acc(row.val_final), acc(row.val_best)]
         cells.append("-" if row.train_hours is None else f"{row.train_hours:.2f}")
         if paper:
             value = paper.get(row.name)

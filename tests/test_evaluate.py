@@ -1,0 +1,309 @@
+"""Evaluating trained runs (deepnmf_jax.evaluate): metrics and corruptions by hand, the commands on
+tiny runs trained here, a run evaluated while it trains, export with jax.export (and ONNX), and a
+PyTorch reference state_dict brought in as a run."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepnmf_jax import models, reference
+from deepnmf_jax.evaluate import corruptions, metrics, runs
+from tests.conftest import FIXTURES
+from tests.runners import run_module, subprocess_env
+from tests.test_train import _cli, _finish, _wait_for_epoch
+from tests.test_workdir import _tamper
+
+CNMF, CNN = "model=cnmf,seed=21", "model=cnn,seed=21"
+
+
+def _evaluate(*args):
+    return run_module("deepnmf_jax.evaluate", *args)
+
+
+# --- metrics and corruptions by hand ---------------------------------------------------------------
+
+
+def test_metrics_by_hand():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+    labels = np.array([0, 1, 1, 1])
+    result = metrics.classification_metrics(probs, labels, 2)
+    assert result["accuracy"] == 0.75 and result["per_class_accuracy"] == [1.0, 2 / 3]
+    assert result["confusion"] == [[1, 0], [1, 2]]
+    # confidences 0.9, 0.6, 0.7, 0.8 fall in four bins of width 1/15, one image each:
+    # |1 - 0.9| + |0 - 0.6| + |1 - 0.7| + |1 - 0.8| = 1.2, over 4 images
+    np.testing.assert_allclose(result["ece"], 1.2 / 4)
+    np.testing.assert_allclose(metrics.expected_calibration_error(probs, labels, bins=1), 0.0)
+
+
+def _image():
+    """One 2 x 2 RGB image (sum 3.0) and a partner image."""
+    x = np.array([[[[0.5, 0.25, 0.0], [0.25, 0.5, 0.0]], [[0.0, 0.5, 0.25], [0.25, 0.0, 0.5]]]])
+    return x.astype(np.float32), np.full_like(x, 0.5, dtype=np.float32)
+
+
+def test_reference_corruptions_by_hand():
+    x, partner = _image()
+    normalized = x / 3.0
+    for name in corruptions.REFERENCE:
+        np.testing.assert_allclose(
+            corruptions.corrupt(name, x, 0.0, 7, partner), normalized, rtol=1e-6, err_msg=name
+        )
+    # uniform, eta = 1: pure noise, the same draws as the generator's first
+    noise = np.random.default_rng(7).random(x.shape, dtype=np.float32)
+    np.testing.assert_allclose(
+        corruptions.corrupt("uniform", x, 1.0, 7), noise / noise.sum(), rtol=1e-6
+    )
+    # picture, eta = 0.5: half the image, half the partner, each normalised
+    np.testing.assert_allclose(
+        corruptions.corrupt("picture", x, 0.5, 7, partner),
+        0.5 * normalized + 0.5 * partner / partner.sum(),
+        rtol=1e-6,
+    )
+    assert not np.any(corruptions.corrupt("holes", x, 1.0, 7))  # every pixel-channel gone
+    filled = corruptions.corrupt("holes_w_noise", x, 1.0, 7)  # every pixel-channel replaced
+    rng = np.random.default_rng(7)
+    rng.random(x.shape, dtype=np.float32)  # the mask's draw
+    fill = rng.random(x.shape, dtype=np.float32)
+    np.testing.assert_allclose(filled, fill / fill.sum(), rtol=1e-5)
+    half = corruptions.corrupt("holes", x, 0.5, 3)
+    kept = np.random.default_rng(3).random(x.shape, dtype=np.float32) > 0.5
+    np.testing.assert_allclose(half, x * kept / (x * kept).sum(), rtol=1e-6)
+
+
+def test_standard_corruptions_by_hand():
+    x, _ = _image()
+    for name in corruptions.STANDARD:
+        clean = corruptions.CORRUPTIONS[name][1][0]
+        np.testing.assert_array_equal(corruptions.corrupt(name, x, clean, 1), x, err_msg=name)
+    channel_means = x.mean(axis=(1, 2), keepdims=True)
+    flat = corruptions.corrupt("contrast", x, 0.0, 1)  # factor 0: each channel's mean
+    np.testing.assert_allclose(flat, np.broadcast_to(channel_means, x.shape), rtol=1e-6)
+    np.testing.assert_allclose(
+        corruptions.corrupt("contrast", x, 0.5, 1),
+        (x - channel_means) * 0.5 + channel_means,
+        rtol=1e-6,
+    )
+    salted = corruptions.corrupt("impulse_noise", x, 1.0, 1)  # every value replaced by 0 or 1
+    assert set(np.unique(salted)) <= {0.0, 1.0}
+    noisy = corruptions.corrupt("gaussian_noise", x, 0.1, 1)
+    expected = np.clip(x + np.random.default_rng(1).normal(0, 0.1, x.shape), 0, 1)
+    np.testing.assert_allclose(noisy, expected, rtol=1e-6)
+    constant = np.full((1, 5, 5, 3), 0.3, np.float32)  # a blur leaves a constant image alone
+    np.testing.assert_allclose(
+        corruptions.corrupt("gaussian_blur", constant, 1.0, 1), constant, rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="unknown corruption 'fog'"):
+        corruptions.corrupt("fog", x, 0.1, 1)
+
+
+def test_an_all_zero_image_gives_finite_probabilities(getkey):
+    """``holes`` at eta = 1 leaves nothing; every model still returns finite probabilities."""
+    zeros = jnp.asarray(corruptions.corrupt("holes", np.ones((2, 32, 32, 3), np.float32), 1.0, 0))
+    for name in ("cnn_1x1", "cnmf_1x1"):
+        model = models.build_model(name, width=0.125, iterations=2)
+        variables = model.init(getkey(), zeros[:, 2:30, 2:30], train=False)
+        probs = model.apply(variables, zeros[:, 2:30, 2:30], train=False)
+        assert np.all(np.isfinite(probs)), name
+
+
+# --- the commands on runs trained here -------------------------------------------------------------
+
+
+def test_evaluate_a_run_and_a_sweep(local_sweep):
+    folder, _ = local_sweep
+    code, output = _evaluate("--workdir", folder)
+    assert code == 0, output
+    for name in (CNMF, CNN, "model=cnn,seed=22", "model=cnmf,seed=22"):
+        result = json.loads((folder / name / "eval" / "metrics.json").read_text())
+        trained = json.loads((folder / name / "results.json").read_text())
+        # best/ holds the best epoch: its test accuracy is the one the training reported
+        assert result["accuracy"]["mean"] == trained["best_test_accuracy"]["mean"], name
+        seed = result["per_seed"][0]
+        assert len(seed["confusion"]) == 10 and sum(map(sum, seed["confusion"])) == 50
+        assert (folder / name / "eval" / "confusion.png").stat().st_size > 10_000
+    assert "statistics of each evaluation batch of 25 images" in output
+    code, output = _evaluate("--workdir", folder / CNMF, "--eval_batch_size", "50")
+    assert code == 0 and "batch of 50 images" in output, output
+
+
+def test_noise_suite_on_a_sweep_draws_the_same_noise_for_every_model(local_sweep):
+    folder, _ = local_sweep
+    args = (
+        "noise",
+        "--workdir",
+        folder,
+        "--corruptions",
+        "uniform,holes,contrast",
+        "--levels",
+        "0,1",
+    )
+    code, output = _evaluate(*args, "--limit", "25")
+    assert code == 0, output
+    suites = {
+        name: json.loads((folder / name / "eval" / "noise.json").read_text())
+        for name in (CNMF, CNN)
+    }
+    for suite in suites.values():
+        assert suite["test_images"] == 25 and suite["corruptions"]["uniform"]["levels"] == [
+            0.0,
+            1.0,
+        ]
+        assert len(suite["corruptions"]["contrast"]["accuracy"]) == 6  # severities 0-5
+    assert (folder / "noise.png").stat().st_size > 20_000 and (folder / "noise.svg").exists()
+    # At eta = 0 uniform noise gives the clean image (normalised): the clean accuracy on 25 images.
+    run = runs.open_run(folder / CNMF)
+    images = runs.evaluation_split(run, "test").take(25)
+    clean = np.mean(run.predict(images.images).argmax(-1) == images.labels, axis=-1)
+    assert suites[CNMF]["corruptions"]["uniform"]["accuracy"][0] == pytest.approx(clean.tolist())
+
+
+def test_bad_input_is_one_line_and_writes_nothing(local_sweep, tmp_path):
+    folder, _ = local_sweep
+    run = tmp_path / "run"
+    shutil.copytree(folder / CNMF, run, ignore=shutil.ignore_patterns("eval"))
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text("earlier results")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text((run / "config.json").read_text())
+    other = tmp_path / "other"  # a cnmf run holding a cnn checkpoint
+    shutil.copytree(run, other)
+    shutil.rmtree(other / "best")
+    shutil.copytree(folder / CNN / "best", other / "best")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    _tamper(next((damaged / "best").iterdir()))
+    cases = [
+        (("--workdir", empty), "has no best checkpoint"),
+        (("--workdir", other), "is not a checkpoint of this run's model"),
+        (("--workdir", damaged), "damaged (its arrays do not match their stored checksum)"),
+        (("--workdir", tmp_path / "missing"), "does not exist"),
+        (("noise", "--workdir", run, "--corruptions", "fog"), "unknown corruption 'fog'"),
+        (
+            ("noise", "--workdir", run, "--levels", "0,1.5"),
+            "noise levels must be in [0, 1], got 1.5",
+        ),
+    ]
+    for args, expected in cases:
+        code, output = _evaluate(*args)
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert code == 1 and len(errors) == 1 and expected in errors[0], (args, output)
+        assert "Traceback" not in output
+    assert (run / "eval" / "metrics.json").read_text() == "earlier results"
+    assert sorted(p.name for p in (run / "eval").iterdir()) == ["metrics.json"]
+
+
+def test_a_run_is_evaluated_while_it_trains(tmp_path):
+    """The newest complete checkpoint is read without the lock; the training goes on undisturbed."""
+    process = _cli(tmp_path, "--config.num_epochs=40")
+    try:
+        _wait_for_epoch(tmp_path, 2, process)
+        code, output = _evaluate("--workdir", tmp_path, "--checkpoint", "latest")
+        assert code == 0, output
+        assert process.poll() is None, "the training ended before the evaluation"
+    finally:
+        process.terminate()
+        code, output = _finish(process)
+    assert code == 130, output  # SIGTERM: saved and stopped, undisturbed until then
+    result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert result["checkpoint"].startswith("checkpoints/") and result["epoch"] >= 2
+
+
+# --- export and the reference's weights ------------------------------------------------------------
+
+LOADER = """
+import sys, jax, numpy as np
+exported = jax.export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
+for path in sys.argv[2:]:
+    np.save(path + ".out.npy", np.asarray(exported.call(np.load(path))))
+print("deepnmf_jax" in sys.modules)
+"""
+
+
+def test_exported_inference_runs_without_the_library_at_any_batch_size(local_sweep, tmp_path):
+    folder, _ = local_sweep
+    code, output = _evaluate("export", "--workdir", folder / CNMF, "--out", tmp_path, "--onnx")
+    assert code == 0, output
+    manifest = json.loads((tmp_path / "model.json").read_text())
+    assert manifest["input"] == {"shape": ["batch", 32, 32, 3], "dtype": "uint8", "layout": "NHWC"}
+    assert manifest["classes"][0] == "airplane" and manifest["seed"] == 21
+    run = runs.open_run(folder / CNMF)
+    images = runs.evaluation_split(run, "test").images
+    paths = []
+    for size in (7, 25):  # two batch sizes through one artifact: the batch is symbolic
+        paths.append(tmp_path / f"batch{size}.npy")
+        np.save(paths[-1], images[:size])
+    done = subprocess.run(
+        [sys.executable, "-c", LOADER, tmp_path / "model.jax_export", *paths],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+    model = models.build_model("cnmf", width=0.125, iterations=2)
+    variables = {
+        "params": jax.tree_util.tree_map(
+            lambda a: np.asarray(a)[0], jax.device_get(run.state.params)
+        )
+    }
+    for path, size in zip(paths, (7, 25), strict=True):
+        expected = model.apply(
+            variables, jnp.asarray(images[:size, 2:30, 2:30], jnp.float32) / 255, train=False
+        )
+        np.testing.assert_allclose(np.load(str(path) + ".out.npy"), expected, rtol=0, atol=1e-6)
+    if "ONNX:" in output:  # jax2onnx is an optional extra; CI installs it
+        pytest.skip(f"ONNX not checked here: {output.split('ONNX:')[1].strip()}")
+    assert "onnxruntime agrees with JAX to" in output and (tmp_path / "model.onnx").exists()
+
+
+def test_a_reference_state_dict_becomes_an_evaluated_run(tmp_path):
+    arrays = np.load(FIXTURES / "reference_state_dicts.npz")
+    prefix = "cnmf_1x1/state_dict/"
+    state_dict = {k[len(prefix) :]: arrays[k] for k in arrays if k.startswith(prefix)}
+    np.savez(tmp_path / "model.npz", **state_dict)  # what the two lines of torch write
+    run = tmp_path / "run"
+    args = ("--state_dict", tmp_path / "model.npz", "--workdir", run)
+    code, output = _evaluate("import-reference", *args, "--model", "cnmf_1x1")
+    assert code == 0, output
+    code, output = _evaluate("--workdir", run, "--source", "sample", "--test_limit", "100")
+    assert code == 0 and "cnmf_1x1 (best/0, epoch 0) test accuracy" in output, output
+    opened = runs.open_run(run, data_overrides={"source": "sample"})
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a)[0], jax.device_get(opened.state.params))
+    back = reference.export_reference_params("cnmf_1x1", params)
+    for position, name in reference.positional_names("cnmf_1x1").items():
+        np.testing.assert_array_equal(back[name], state_dict[position])
+    code, output = _evaluate("import-reference", *args, "--model", "cnn")
+    assert code == 1 and "already holds a run" in output
+    code, output = _evaluate(
+        "import-reference",
+        "--state_dict",
+        tmp_path / "model.npz",
+        "--workdir",
+        tmp_path / "r2",
+        "--model",
+        "cnn",
+    )
+    assert code == 1 and "model.npz: " in output and "'cnn'" in output, output
+    assert not (tmp_path / "r2").exists()
+
+
+def test_latest_falls_back_when_the_newest_checkpoint_is_damaged(local_sweep, tmp_path):
+    folder, _ = local_sweep
+    run = tmp_path / "run"
+    shutil.copytree(folder / CNMF, run, ignore=shutil.ignore_patterns("eval"))
+    steps = sorted(
+        (p for p in (run / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+    )
+    _tamper(steps[-1])
+    opened = runs.open_run(run, "latest")
+    assert opened.checkpoint == f"checkpoints/{steps[-2].name}"
+    with pytest.raises(runs.CheckpointError, match="damaged"):
+        runs.open_run(run, steps[-1].name)
+    assert not (run / "eval").exists()
