@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from configs import default
-from deepnmf_jax import benchmarking, flops, models, steps
+from deepnmf_jax import benchmarking, compiled, flops, models
 
 DEFAULT_OUT = "runs/benchmarks/train_step.json"
 
@@ -44,7 +44,7 @@ def benchmark(model: str, seeds: int, batch: int, args) -> dict:
     config.num_seeds = seeds
     config.batch_size = batch
     num_images = batch * (args.steps + args.warmup + 1)
-    run = steps.make_steps(config, 10, (32, 32, 3), steps_per_epoch=num_images // batch)
+    run = compiled.make_steps(config, 10, (32, 32, 3), steps_per_epoch=num_images // batch)
     placement = run.placement
     seed_list = list(range(seeds))
     holder = {"states": run.init(placement.seed_keys(seed_list))}

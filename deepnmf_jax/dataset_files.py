@@ -52,6 +52,7 @@ class Split:
 class _Spec:
     num_classes: int
     image_shape: tuple[int, int, int]  # (H, W, C) of the stored images
+    train_size: int  # images in the official training split
     archive: str | None  # single tar archive (CIFAR) or None (separate files)
     folder: str | None  # extracted folder inside the archive
     files: dict[str, str]  # file name -> official MD5
@@ -63,6 +64,7 @@ DATASETS = {
     "cifar10": _Spec(
         num_classes=10,
         image_shape=(32, 32, 3),
+        train_size=50_000,
         archive="cifar-10-python.tar.gz",
         folder="cifar-10-batches-py",
         files={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
@@ -72,6 +74,7 @@ DATASETS = {
     "cifar100": _Spec(
         num_classes=100,
         image_shape=(32, 32, 3),
+        train_size=50_000,
         archive="cifar-100-python.tar.gz",
         folder="cifar-100-python",
         files={"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
@@ -81,6 +84,7 @@ DATASETS = {
     "fashion_mnist": _Spec(
         num_classes=10,
         image_shape=(28, 28, 1),
+        train_size=60_000,
         archive=None,
         folder=None,
         files={

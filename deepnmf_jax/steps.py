@@ -1,5 +1,5 @@
-"""The per-seed pure functions of training (init, train step, prediction, the epoch's schedule update)
-and :func:`make_steps`, which builds them once into jitted, seed-vmapped, sharded :class:`Steps`.
+"""The per-seed pure functions of training: init, train step, prediction, the epoch's schedule update
+(:mod:`deepnmf_jax.compiled` builds them once into jitted, seed-vmapped, sharded functions).
 
 Every leaf of a :class:`TrainState` has a leading seed axis in a run; the per-seed functions here see
 one seed and are ``jax.vmap``-ed over it (or run one seed after another, ``parallel.seed_loop``), so
@@ -11,16 +11,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import chex
 import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.experimental import checkify
 
-from deepnmf_jax import augment, losses, models, nmf, optim, parallel
+from deepnmf_jax import augment, models, nmf, optim
 
 
 @flax.struct.dataclass
@@ -216,88 +215,3 @@ def epoch_order(order_key_data, epoch, num_examples: int):
         return jax.random.permutation(key, num_examples)
 
     return jax.vmap(one)(order_key_data) if order_key_data.ndim == 2 else one(order_key_data)
-
-
-class Steps(NamedTuple):
-    """The jitted, sharded functions of one run (all seeds at once) and how its arrays are placed."""
-
-    ctx: StepContext
-    init: Callable  # (seed key data (seeds, 2)) -> TrainState
-    train: Callable  # (state, images, labels, order) -> (state, metrics per seed)
-    predict: Callable  # (state, images) -> (probs (seeds, N, C), class maxima (seeds, C))
-    end_epoch: Callable  # (state, epoch losses (seeds,)) -> state
-    order: Callable  # (order key data, epoch, num_examples) -> permutation(s)
-    placement: parallel.Placement
-
-
-def make_steps(config, num_classes: int, image_shape, steps_per_epoch: int, devices=None) -> Steps:
-    """Builds the model, optimiser and schedule from ``config`` and the jitted functions over a
-    (seed, data) device mesh (:mod:`deepnmf_jax.parallel`): the state is split over ``seed`` and
-    donated, datasets are replicated, the augmented batch is split over ``data``, and metrics come
-    back replicated (every process can read them)."""
-    model = model_from_config(config, num_classes, image_shape[-1])
-    placement = parallel.Placement.create(config, devices)
-    crop = config.augment.crop_size
-    ctx = StepContext(
-        model=model,
-        tx=optim.make_optimizer(config.optim, config.batch_size, model.a_layer == "nmf"),
-        schedule=optim.Schedule(
-            config.optim, steps_per_epoch, config.num_epochs, config.batch_size
-        ),
-        loss_fn=functools.partial(
-            losses.get_loss(config.loss), label_smoothing=config.label_smoothing
-        ),
-        augment=augment.AugmentConfig(**config.augment.to_dict()),
-        input_shape=(crop, crop, image_shape[-1]),
-        batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size,
-        steps_per_epoch=steps_per_epoch,
-        ema_decay=config.optim.ema_decay,
-        batch_sharding=placement.batch,
-    )
-    over_seeds = placement.over_seeds
-    state, repl = placement.seeds, placement.replicated
-    per_seed_order = config.data.order == "per_seed"
-    order_sharding = state if per_seed_order else repl
-    check = config.model.check_inputs
-
-    def jitted(fn, in_axes, in_shardings, out_shardings, donate=()):
-        mapped = over_seeds(fn, in_axes)
-        if check:  # the NMF layers' checkify checks, raised on the host after each call
-            mapped = checkify.checkify(mapped, errors=checkify.user_checks)
-            out_shardings = (repl, out_shardings)
-        compiled = jax.jit(
-            mapped, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate
-        )
-        return _checked_output(compiled, check)
-
-    return Steps(
-        ctx=ctx,
-        init=jitted(functools.partial(init_state, ctx), 0, state, state),
-        train=jitted(
-            functools.partial(train_step, ctx),
-            (0, None, None, 0 if per_seed_order else None),
-            (state, repl, repl, order_sharding),
-            (state, repl),
-            donate=0,
-        ),
-        predict=jitted(functools.partial(predict, ctx), (0, None), (state, repl), repl),
-        end_epoch=jitted(functools.partial(end_epoch, ctx), 0, (state, state), state, donate=0),
-        order=jax.jit(epoch_order, static_argnums=(2,), out_shardings=order_sharding),
-        placement=placement,
-    )
-
-
-def _checked_output(compiled, enabled: bool):
-    """Splits a checkified function's ``(error, out)`` and raises the error on the host."""
-    if not enabled:
-        return compiled
-
-    @functools.wraps(compiled)
-    def run(*args):
-        error, out = compiled(*args)
-        error.throw()
-        return out
-
-    run._cache_size = compiled._cache_size  # for the no-recompilation tests
-    return run

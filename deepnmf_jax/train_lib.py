@@ -30,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from deepnmf_jax import checkpointing, input_pipeline, parallel, reporting
+from deepnmf_jax import checkpointing, compiled, input_pipeline, parallel, reporting
 from deepnmf_jax import epoch as epoch_lib
 from deepnmf_jax import steps as steps_lib
 from deepnmf_jax import workdir as workdir_lib
@@ -48,7 +48,7 @@ class Run(NamedTuple):
     config: ml_collections.ConfigDict
     workdir: pathlib.Path
     data: input_pipeline.Dataset
-    steps: steps_lib.Steps
+    steps: compiled.Steps
     seeds: list[int]
     splits: dict[str, tuple[jax.Array, np.ndarray]]  # name -> (images on device, labels on host)
     train_arrays: tuple[jax.Array, jax.Array]
@@ -140,7 +140,7 @@ def _open(config, workdir: pathlib.Path, data: input_pipeline.Dataset) -> Run:
         steps_per_epoch,
         jax.devices(),
     )
-    steps = steps_lib.make_steps(
+    steps = compiled.make_steps(
         config, data.num_classes, data.train.images.shape[1:], steps_per_epoch
     )
     placement = steps.placement
@@ -186,7 +186,7 @@ def _resume_or_start(run: Run) -> tuple[steps_lib.TrainState, Progress, list[dic
     return state, progress, history
 
 
-def _count(steps: steps_lib.Steps, state) -> str:
+def _count(steps: compiled.Steps, state) -> str:
     one_seed = jax.tree_util.tree_map(lambda leaf: leaf[0], state.params)
     return ", ".join(
         f"{k} {v}" for k, v in reporting.param_counts(steps.ctx.model, one_seed).items()

@@ -4,13 +4,17 @@
 * float64 available everywhere (``jax_enable_x64``): tests that want float32 say so by their dtypes.
 * strict dtype promotion and no implicit rank promotion: library code must cast and broadcast on
   purpose.
-* a persistent compilation cache under ``.jax_cache/`` (repeat runs compile less).
+* a persistent compilation cache under ``.jax_cache/`` (repeat runs compile less), and XLA
+  without LLVM's optimisations (``tests/runners.py``: the tests' programs are tiny, compiling them
+  is most of the suite's time).
 """
 
 import os
 import pathlib
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from tests.runners import cache_dir, xla_flags
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
@@ -20,9 +24,8 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
-_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
 jax.config.update(
-    "jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+    "jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", str(cache_dir()))
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 

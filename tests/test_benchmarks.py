@@ -1,16 +1,18 @@
 """The benchmark scripts run (at a tiny size) and write what they promise. Numbers are not checked."""
 
 import json
+import os
 import subprocess
 import sys
 
-from tests.test_train import ROOT
+from tests.runners import ROOT, xla_flags
 
 
 def _run(script, *args):
     done = subprocess.run(
         [sys.executable, f"benchmarks/{script}", *args],
         cwd=ROOT,
+        env=dict(os.environ, XLA_FLAGS=xla_flags(1)),
         capture_output=True,
         text=True,
         timeout=600,
@@ -88,15 +90,12 @@ def test_device_check_smoke_writes_every_section(tmp_path):
     assert "parity: passed" in stdout
     report = json.loads(out.read_text())
     assert report["smoke"] and report["machine"]["devices"] and report["parity"]["passed"]
-    assert len(report["parity"]["rows"]) == 6 + 4  # six layer cases and the four models
+    # the smoke size checks one layer case and one model (the device run: all six and all four)
+    assert sorted(report["parity"]["rows"]) == ["layer/s75_i32_3x3_it20", "model/cnmf_1x1"]
     layer = report["parity"]["rows"]["layer/s75_i32_3x3_it20"]
     assert 1e-5 < layer["bfloat16_h_scaled_error"] < 2e-2  # mixed precision really rounds
     speed = report["speed"]
-    assert {(r["seeds"], r["seed_loop"]) for r in speed["rows"]} == {
-        (1, "vmap"),
-        (2, "vmap"),
-        (2, "map"),
-    }
+    assert {(r["seeds"], r["seed_loop"]) for r in speed["rows"]} == {(2, "vmap"), (2, "map")}
     assert [r["config"] for r in speed["fig2"]] == [
         "cnn",
         "cnmf_1x1:approximate",

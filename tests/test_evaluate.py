@@ -201,7 +201,7 @@ def test_bad_input_is_one_line_and_writes_nothing(local_sweep, tmp_path):
 
 def test_a_run_is_evaluated_while_it_trains(tmp_path):
     """The newest complete checkpoint is read without the lock; the training goes on undisturbed."""
-    process = _cli(tmp_path, "--config.num_epochs=40")
+    process = _cli(tmp_path, "--config.num_epochs=1000")  # still training when evaluated
     try:
         _wait_for_epoch(tmp_path, 2, process)
         code, output = _evaluate("--workdir", tmp_path, "--checkpoint", "latest")

@@ -38,7 +38,9 @@ def test_patch_errors():
 
 def test_grouped_nmf_is_per_group_nmf_concatenated_and_renormalised(getkey):
     x = jax.random.uniform(getkey(), (2, 3, 3, 4), jnp.float64)
-    layer = layers.NMFConv(features=6, kernel_size=1, groups=2, iterations=5)
+    layer = layers.NMFConv(
+        features=6, kernel_size=1, groups=2, options=nmf.NMFOptions(iterations=5)
+    )
     variables = layer.init(getkey(), x)
     u = variables["params"]["kernel"]
     assert u.shape == (2, 2, 3)
@@ -54,7 +56,9 @@ def test_grouped_nmf_is_per_group_nmf_concatenated_and_renormalised(getkey):
 
 def test_nmf_conv_probes_and_sown_input(getkey):
     x = jax.random.uniform(getkey(), (2, 4, 4, 3), jnp.float64)
-    layer = layers.NMFConv(features=5, kernel_size=2, iterations=4, probes=True)
+    layer = layers.NMFConv(
+        features=5, kernel_size=2, options=nmf.NMFOptions(iterations=4), probes=True
+    )
     variables = layer.init(getkey(), x)
     params, probes = variables["params"], variables["perturbations"]
     g = jax.random.normal(getkey(), (2, 3, 3, 5), jnp.float64)

@@ -202,14 +202,14 @@ def test_linear_head(getkey):
     then reaches the output."""
     images = jax.random.uniform(getkey(), (4, 28, 28, 3), jnp.float64)
     for name in ("cnmf_1x1", "cnn_1x1"):
-        reference_head = models.build_model(name, iterations=3)
-        linear_head = models.build_model(name, iterations=3, head="linear")
+        reference_head = models.build_model(name, width=0.25, iterations=3)
+        linear_head = models.build_model(name, width=0.25, iterations=3, head="linear")
         variables = reference_head.init(getkey(), images.astype(jnp.float32), train=False)
         variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), variables)
-        p_ref, inter = reference_head.apply(
-            variables, images, train=False, return_intermediates=True
-        )
-        p_lin = linear_head.apply(variables, images, train=False)
+        p_ref, inter = jax.jit(
+            lambda v, x, m=reference_head: m.apply(v, x, train=False, return_intermediates=True)
+        )(variables, images)
+        p_lin = jax.jit(lambda v, x, m=linear_head: m.apply(v, x, train=False))(variables, images)
         if name == "cnmf_1x1":
             np.testing.assert_allclose(p_lin, p_ref, rtol=1e-12)
         else:

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from deepnmf_jax import archives, parallel, steps, train_lib
+from deepnmf_jax import archives, compiled, parallel, train_lib
+from tests.runners import cache_dir, xla_flags
 from tests.test_input_pipeline import make_cifar_archive
 from tests.test_train import ROOT, final_state, tiny_config
 
@@ -50,29 +51,46 @@ def _assert_close(a, b):
     jax.tree_util.tree_map(lambda x, y: close(x, y, 1e-3), a, b)
 
 
+# CNMF, not CNMF+1x1: the +1x1 models have biases that feed a BatchNorm, whose gradient is zero up
+# to rounding noise, which Adam turns into +-lr steps: no two summation orders agree on them.
+SHARDED = {"model.name": "cnmf", "tensorboard": False}
+
+
+@pytest.fixture(scope="module")
+def single_device_run(tmp_path_factory):
+    """The final state of a run on one device (seeds one after another: seed_loop map), by number
+    of seeds, trained once for every test that compares against it."""
+    states = {}
+
+    def run(num_seeds: int):
+        if num_seeds not in states:
+            folder = tmp_path_factory.mktemp(f"single_{num_seeds}")
+            config = tiny_config(num_seeds=num_seeds, **SHARDED)  # tiny_config: a 1 x 1 mesh
+            train_lib.train_and_evaluate(config, folder)
+            states[num_seeds] = final_state(folder)
+        return states[num_seeds]
+
+    return run
+
+
 @pytest.mark.parametrize(
     "num_seeds,seed_devices,data_devices",
     [(2, 2, 1), (1, 1, 2), (2, 2, 2)],
     ids=["seeds", "data", "both"],
 )
-def test_sharded_runs_equal_single_device(tmp_path, num_seeds, seed_devices, data_devices):
-    # CNMF, not CNMF+1x1: the +1x1 models have biases that feed a BatchNorm, whose gradient is zero
-    # up to rounding noise, which Adam turns into +-lr steps: no two summation orders agree on them.
-    overrides = {"model.name": "cnmf", "num_seeds": num_seeds, "tensorboard": False}
-    single = tiny_config(**overrides, **{"mesh.seed_devices": 1, "mesh.data_devices": 1})
-    sharded = tiny_config(
-        **overrides, **{"mesh.seed_devices": seed_devices, "mesh.data_devices": data_devices}
-    )
-    train_lib.train_and_evaluate(single, tmp_path / "single")
-    train_lib.train_and_evaluate(sharded, tmp_path / "sharded")
-    _assert_close(final_state(tmp_path / "sharded"), final_state(tmp_path / "single"))
+def test_sharded_runs_equal_single_device(
+    single_device_run, tmp_path, num_seeds, seed_devices, data_devices
+):
+    mesh = {"mesh.seed_devices": seed_devices, "mesh.data_devices": data_devices}
+    train_lib.train_and_evaluate(tiny_config(num_seeds=num_seeds, **SHARDED, **mesh), tmp_path)
+    _assert_close(final_state(tmp_path), single_device_run(num_seeds))
 
 
 def test_state_is_sharded_no_transfers_in_the_loop_and_one_compile():
     config = tiny_config(
         num_seeds=2, **{"model.name": "cnmf", "mesh.seed_devices": 2, "mesh.data_devices": 2}
     )
-    run = steps.make_steps(config, 10, (32, 32, 3), steps_per_epoch=3)
+    run = compiled.make_steps(config, 10, (32, 32, 3), steps_per_epoch=3)
     placement = run.placement
     states = run.init(placement.seed_keys([21, 22]))
     kernel = states.params["block1"]["a"]["kernel"]
@@ -83,7 +101,7 @@ def test_state_is_sharded_no_transfers_in_the_loop_and_one_compile():
     labels = placement.put(rng.integers(0, 10, 30, dtype=np.int32))
     keys = placement.order_keys(config.data, [21, 22])
     functions = (run.train, run.predict, run.end_epoch, run.order)
-    compiled = []
+    cache_sizes = []
     for epoch in (1, 2):
         order = run.order(keys, epoch, 30)
         with jax.transfer_guard("disallow"):  # the whole epoch runs without a host round trip
@@ -91,9 +109,9 @@ def test_state_is_sharded_no_transfers_in_the_loop_and_one_compile():
                 states, _ = run.train(states, images, labels, order)
         probs, _ = run.predict(states, images)
         states = run.end_epoch(states, placement.put(np.ones(2, np.float32), placement.seeds))
-        compiled.append([fn._cache_size() for fn in functions])
+        cache_sizes.append([fn._cache_size() for fn in functions])
     assert int(placement.fetch(states.step)[0]) == 6 and probs.shape == (2, 30, 10)
-    assert compiled[1] == compiled[0]  # the second epoch compiled nothing new
+    assert cache_sizes[1] == cache_sizes[0]  # the second epoch compiled nothing new
 
 
 def _free_port():
@@ -133,8 +151,8 @@ def _worker(md5, workdir, devices, cache, url, *flags):
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir()),
+        XLA_FLAGS=xla_flags(devices),
         PYTHONUNBUFFERED="1",
     )
     data_flags = (
@@ -199,11 +217,10 @@ def test_two_processes_behave_as_one_and_only_process_0_downloads(tmp_path):
     _assert_close(final_state(tmp_path / "multi"), final_state(tmp_path / "single"))
 
 
-def test_seed_loop_map_equals_vmap(tmp_path):
-    overrides = {"model.name": "cnmf", "num_seeds": 2, "tensorboard": False, "mesh.seed_devices": 1}
-    for loop in ("map", "vmap"):
-        train_lib.train_and_evaluate(tiny_config(seed_loop=loop, **overrides), tmp_path / loop)
-    _assert_close(final_state(tmp_path / "map"), final_state(tmp_path / "vmap"))
+def test_seed_loop_map_equals_vmap(single_device_run, tmp_path):
+    """Both seeds on one device, batched (vmap) or one after another (map, the single run's)."""
+    train_lib.train_and_evaluate(tiny_config(num_seeds=2, seed_loop="vmap", **SHARDED), tmp_path)
+    _assert_close(final_state(tmp_path), single_device_run(2))
 
 
 def test_seed_loop_choice():

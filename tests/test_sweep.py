@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deepnmf_jax.errors import ConfigError
-from deepnmf_jax.sweep import grid, report, spec
+from deepnmf_jax.sweep import figures, grid, report, spec
 from tests.conftest import SWEEP_EPOCHS
 from tests.runners import ROOT, SMOKE, run_module
 from tests.test_train import assert_trees_equal, final_state
@@ -253,3 +253,40 @@ def test_slurm_preemption_requeues_and_a_cancelled_job_reruns_with_identical_res
         ours = json.loads((variant / "results.json").read_text())
         theirs = json.loads((reference / variant.name / "results.json").read_text())
         assert ours["per_seed"] == theirs["per_seed"] and ours["epochs_completed"] == 30
+
+
+def test_fig6_draws_hand_made_rows_with_a_partial_one(tmp_path):
+    def row(name, total, nmf, accuracy, partial=False):
+        conv = total - nmf - 384
+        return report.Row(
+            name=name,
+            model="cnmf_1x1",
+            state="running" if partial else "done",
+            partial=partial,
+            epochs=3,
+            seeds=2,
+            parameters={
+                "total": total,
+                "nmf": nmf,
+                "conv": conv,
+                "batchnorm": 384,
+                "cnn_nmf_ratio": conv / nmf,
+            },
+            final={"mean": accuracy, "std": 0.01},
+            best={"mean": accuracy, "std": 0.01},
+            val_final=None,
+            val_best=None,
+            train_hours=0.1,
+            history=[],
+        )
+
+    rows = [row("a", 50_000, 40_000, 0.6), row("b", 170_000, 150_000, 0.7, partial=True)]
+    rows += [
+        row("c", 600_000, 500_000, 0.65),
+        report.Row(
+            "d", "cnmf_1x1", "not started", False, 0, 0, None, None, None, None, None, None, []
+        ),
+    ]
+    paths = figures.fig6(rows, tmp_path, "hand-made")
+    assert [p.name for p in paths] == ["fig6.png", "fig6.svg"]
+    assert all(p.stat().st_size > 20_000 for p in paths)

@@ -15,7 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import cifar10, cifar100, default, fashion_mnist
-from deepnmf_jax import checkpointing, losses, parallel, steps, train_lib
+from deepnmf_jax import checkpointing, compiled, losses, parallel, steps, train_lib
+from tests.runners import cache_dir, xla_flags
 from tests.test_input_pipeline import _idx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -30,6 +31,8 @@ TINY = {
     "data.train_limit": 60,
     "data.test_limit": 50,
     "progress": False,
+    "mesh.seed_devices": 1,  # one device (the tests see 8 fake ones; the sharding tests choose)
+    "mesh.data_devices": 1,
 }
 
 
@@ -204,6 +207,7 @@ CLI_FLAGS = [
     "--config.eval_batch_size=25",
     "--config.model.name=cnmf",
     "--config.model.width=0.125",
+    "--config.model.iterations=2",
     "--config.data.train_limit=200",
     "--config.data.test_limit=50",
     "--config.progress=False",
@@ -216,12 +220,11 @@ def _cli(workdir, *flags, base_flags=CLI_FLAGS, devices=None):
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(ROOT / ".jax_cache"),
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir()),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         PYTHONUNBUFFERED="1",
     )
-    if devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices or 1)
     command = [
         sys.executable,
         "train.py",
@@ -317,7 +320,7 @@ def test_finished_seeds_are_frozen_and_the_run_stops(tmp_path):
     results = train_lib.train_and_evaluate(config, tmp_path)
     assert results["epochs_completed"] == 1 and results["stopped_because"].startswith("every")
     assert [s["epochs_trained"] for s in results["per_seed"]] == [0, 0]
-    run = steps.make_steps(config, 10, (32, 32, 3), steps_per_epoch=6)
+    run = compiled.make_steps(config, 10, (32, 32, 3), steps_per_epoch=6)
     initial = jax.device_get(run.init(run.placement.seed_keys([21, 22])))
     final = final_state(tmp_path)
     for part in ("params", "batch_stats", "opt_state"):
@@ -331,7 +334,7 @@ def test_check_inputs_names_the_nmf_layer_inside_the_train_step():
     from jax.experimental import checkify
 
     config = tiny_config(**{"model.name": "cnmf", "model.check_inputs": True})
-    run = steps.make_steps(config, 10, (32, 32, 3), steps_per_epoch=6)
+    run = compiled.make_steps(config, 10, (32, 32, 3), steps_per_epoch=6)
     placement = run.placement
     state = run.init(placement.seed_keys([21]))
     rng = np.random.default_rng(0)

@@ -77,6 +77,7 @@ def run_suite(
         "corruptions": results,
         "seconds": time.perf_counter() - start,
         "test_images": len(test),
+        "num_classes": run.num_classes,
         "seed": seed,
     }
 
@@ -102,6 +103,9 @@ def plot(curves: dict[str, dict], path, title: str) -> None:
             color = f"C{index % 10}"
             ax.plot(x, accuracy.mean(1), marker="o", ms=3, color=color, label=label)
             ax.fill_between(x, accuracy.min(1), accuracy.max(1), color=color, alpha=0.2, lw=0)
+        classes = {suite.get("num_classes") for suite in curves.values()} - {None}
+        if classes:
+            ax.axhline(100 / max(classes), color="0.5", ls=":", lw=1, label="chance")
         standard = name in corruptions.STANDARD
         ax.set_xlabel(_axis_label(name))
         if name == "contrast":

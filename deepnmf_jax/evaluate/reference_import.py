@@ -20,7 +20,7 @@ import pathlib
 import jax
 import numpy as np
 
-from deepnmf_jax import checkpointing, reference, steps
+from deepnmf_jax import checkpointing, compiled, reference
 from deepnmf_jax import workdir as workdir_lib
 from deepnmf_jax.dataset_files import DATASETS
 from deepnmf_jax.errors import ConfigError
@@ -72,7 +72,7 @@ def import_state_dict(
             )
     except ValueError as error:
         raise ConfigError(f"{npz}: {error}") from None
-    run_steps = steps.make_steps(config, spec.num_classes, spec.image_shape, steps_per_epoch=1)
+    run_steps = compiled.make_steps(config, spec.num_classes, spec.image_shape, steps_per_epoch=1)
     placement = run_steps.placement
     state = run_steps.init(placement.seed_keys([config.seed]))
     loaded = jax.tree_util.tree_map(lambda v: np.asarray(v)[None], variables["params"])

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from deepnmf_jax import checkpointing, input_pipeline, steps
+from deepnmf_jax import checkpointing, compiled, input_pipeline, steps
 from deepnmf_jax.dataset_files import DATASETS
 from deepnmf_jax.errors import CheckpointError, ConfigError
 
@@ -30,7 +30,7 @@ class TrainedRun:
     config: ml_collections.ConfigDict
     checkpoint: str  # e.g. "best/12000"
     epoch: int
-    run_steps: steps.Steps
+    run_steps: compiled.Steps
     state: steps.TrainState  # params, batch_stats, ema_params on the devices (seed axis first)
 
     @property
@@ -143,7 +143,7 @@ def open_run(
         for key, value in (data_overrides or {}).items():
             config.data[key] = value
     spec = DATASETS[config.data.name]
-    run_steps = steps.make_steps(config, spec.num_classes, spec.image_shape, steps_per_epoch=1)
+    run_steps = compiled.make_steps(config, spec.num_classes, spec.image_shape, steps_per_epoch=1)
     placement = run_steps.placement
     seeds = [config.seed + k for k in range(config.num_seeds)]
     like = run_steps.init(placement.seed_keys(seeds))

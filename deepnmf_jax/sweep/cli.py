@@ -150,7 +150,7 @@ def _dry_run_table(planned: list[spec.Planned]) -> str:
         ratio = "-" if c["cnn_nmf_ratio"] is None else f"{c['cnn_nmf_ratio']:.4g}"
         lines.append(
             f"{p.name:<{width}}  {c['total']:>9,}  {c['nmf']:>9,}  {c['conv']:>9,}  "
-            f"{c['batchnorm']:>5,}  {ratio:>8}"
+            f"{c['batchnorm']:>5,}  {ratio:>8}  {c['train_mflop_per_image']:>9,.0f}"
         )
     ratios = [
         p.parameters["cnn_nmf_ratio"]
@@ -160,7 +160,25 @@ def _dry_run_table(planned: list[spec.Planned]) -> str:
     summary = f"{len(planned)} variants, {sum(bool(p.skipped) for p in planned)} skipped"
     if ratios:
         summary += f"; CNN/NMF ratio from {min(ratios):.4f} to {max(ratios):.4f}"
+    work = sum(
+        p.parameters["train_mflop_per_image"] * 1e6 * p.config.num_seeds * _images(p.config)
+        for p in planned
+        if p.parameters
+    )
+    summary += (
+        f"\ntraining work: {work / 1e15:,.1f} PFLOP per epoch of every variant and seed "
+        "(MFLOP/img: forward + backward of one image, hand-counted by deepnmf_jax/flops.py)"
+    )
     return "\n".join([*lines, summary])
+
+
+def _images(config) -> int:
+    """Training images per epoch of a config, as far as the plan knows without loading data."""
+    from deepnmf_jax.dataset_files import DATASETS
+
+    total = 1_000 if config.data.source == "sample" else DATASETS[config.data.name].train_size
+    total = min(total, config.data.train_limit or total)
+    return total - config.data.validation_size
 
 
 def run(args) -> int:

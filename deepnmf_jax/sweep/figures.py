@@ -96,6 +96,7 @@ def fig5(rows: list[Row], folder: pathlib.Path, title: str, paper: dict | None =
 def fig6(rows: list[Row], folder: pathlib.Path, title: str):
     """Fig. 6a (accuracy vs parameters, Pareto front) and 6b (accuracy vs CNN/NMF ratio)."""
     plt = pyplot()
+    import matplotlib.cm
     import matplotlib.colors
 
     measured = [r for r in _measured(rows) if r.parameters and r.parameters.get("cnn_nmf_ratio")]
@@ -113,7 +114,7 @@ def fig6(rows: list[Row], folder: pathlib.Path, title: str):
     front = pareto_front(params, accuracy)
 
     def scatter(ax, x, color, norm, label):
-        edges = np.where(front, "red", "none")
+        widths = np.where(front, 1.8, 0.0)  # a red edge on the Pareto front, none elsewhere
         for hollow in (False, True):
             keep = partial == hollow
             ax.errorbar(
@@ -125,20 +126,20 @@ def fig6(rows: list[Row], folder: pathlib.Path, title: str):
                 lw=0.8,
                 zorder=1,
             )
-            art = ax.scatter(
+            ax.scatter(
                 x[keep],
                 accuracy[keep],
                 c=color[keep],
                 cmap="viridis",
                 norm=norm,
-                edgecolors=edges[keep],
-                linewidths=1.5,
+                edgecolors="red",
+                linewidths=widths[keep],
                 s=45,
                 zorder=2,
-                alpha=0.5 if hollow else 1.0,
+                alpha=0.45 if hollow else 1.0,
             )
-        cbar = fig.colorbar(art, ax=ax)
-        cbar.set_label(label)
+        mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis")
+        fig.colorbar(mappable, ax=ax).set_label(label)
         ax.set_xscale("log")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3, which="both")

@@ -148,9 +148,14 @@ def plan(
 
 
 def count_parameters(config) -> dict:
-    """One seed's parameters by kind for a training config (shapes only, nothing computed)."""
+    """One seed's parameters by kind for a training config (shapes only, nothing computed), and
+    the hand-counted training work per image (``train_mflop_per_image``, :mod:`deepnmf_jax.flops`)."""
+    from deepnmf_jax import flops
+
     spec = DATASETS[config.data.name]
     model = steps.model_from_config(config, spec.num_classes, spec.image_shape[-1])
     crop = config.augment.crop_size
-    shapes = models.abstract_params(model, (crop, crop, spec.image_shape[-1]))
-    return models.param_breakdown(model, shapes)
+    image_shape = (crop, crop, spec.image_shape[-1])
+    shapes = models.abstract_params(model, image_shape)
+    mflop = flops.train_step_flops(model, image_shape) / 1e6
+    return {**models.param_breakdown(model, shapes), "train_mflop_per_image": round(mflop, 2)}

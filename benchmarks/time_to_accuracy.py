@@ -1,0 +1,160 @@
+"""Time to accuracy of training recipes: test accuracy at given epochs, with the wall-clock minutes
+to get there, for every variant of one or more sweep folders (e.g. ``configs/sweeps/recipes.py``).
+
+    python benchmarks/time_to_accuracy.py runs/recipes --epochs 5 10 20 40 \\
+        --out benchmarks/results/time_to_accuracy.json
+
+Writes the JSON (per variant: accuracy mean/std over seeds and the per-seed values at each epoch, the
+cumulative training and evaluation minutes, the dead class channels at init and at the end), prints a
+markdown table, and draws the test-accuracy curves of all variants (``--figure``, PNG and SVG).
+Minutes are this machine's: compare only numbers from one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from deepnmf_jax import reporting
+from deepnmf_jax import workdir as workdir_lib
+from deepnmf_jax.plots import pyplot
+
+
+def variant_folders(folder: pathlib.Path) -> list[pathlib.Path]:
+    plan = folder / "sweep.json"
+    if plan.is_file():
+        names = [v["name"] for v in json.loads(plan.read_text())["variants"]]
+        return [folder / n for n in names if (folder / n / "metrics.jsonl").is_file()]
+    return [folder] if (folder / "metrics.jsonl").is_file() else []
+
+
+def summarize(folder: pathlib.Path, epochs: list[int]) -> dict:
+    """One variant: accuracy and cumulative minutes at each of ``epochs`` it reached."""
+    history = workdir_lib.read_jsonl(folder / "metrics.jsonl")
+    results_path = folder / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    minutes = np.cumsum([r["epoch_time_s"] for r in history]) / 60
+    by_epoch = {r["epoch"]: (r, m) for r, m in zip(history, minutes, strict=True)}
+    points = {}
+    for epoch in epochs:
+        if epoch in by_epoch:
+            record, minute = by_epoch[epoch]
+            points[str(epoch)] = {
+                "test_accuracy": reporting.mean_std(record["test_accuracy"]),
+                "per_seed": record["test_accuracy"],
+                **(
+                    {"val_accuracy": reporting.mean_std(record["val_accuracy"])}
+                    if "val_accuracy" in record
+                    else {}
+                ),
+                "train_minutes": float(minute),
+            }
+    return {
+        "variant": folder.name,
+        "model": results.get("model")
+        or json.loads((folder / "config.json").read_text())["model"]["name"],
+        "epochs_done": len(history),
+        "seeds": len(history[-1]["test_accuracy"]) if history else 0,
+        "at_epoch": points,
+        "dead_class_channels": results.get("dead_class_channels"),
+        "curve": [float(np.mean(r["test_accuracy"])) for r in history],
+        "curve_min": [float(np.min(r["test_accuracy"])) for r in history],
+        "curve_max": [float(np.max(r["test_accuracy"])) for r in history],
+    }
+
+
+def table(rows: list[dict], epochs: list[int]) -> str:
+    head = ["variant", "seeds"] + [f"epoch {e}: test acc (min)" for e in epochs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["variant"], str(row["seeds"])]
+        for epoch in epochs:
+            point = row["at_epoch"].get(str(epoch))
+            if point is None:
+                cells.append("-")
+                continue
+            acc = point["test_accuracy"]
+            cells.append(
+                f"{100 * acc['mean']:.2f} +/- {100 * acc['std']:.2f} ({point['train_minutes']:.0f})"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figure(rows: list[dict], path: pathlib.Path, title: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 5), constrained_layout=True)
+    for index, row in enumerate(rows):
+        x = np.arange(1, len(row["curve"]) + 1)
+        color = f"C{index % 10}"
+        ax.plot(
+            x,
+            100 * np.asarray(row["curve"]),
+            marker="o",
+            ms=2.5,
+            color=color,
+            label=f"{row['variant']} ({reporting.plural(row['seeds'], 'seed')})",
+        )
+        ax.fill_between(
+            x,
+            100 * np.asarray(row["curve_min"]),
+            100 * np.asarray(row["curve_max"]),
+            color=color,
+            alpha=0.15,
+            lw=0,
+        )
+    ax.axhline(83.7, color="k", ls="--", lw=1, label="paper, CNMF+1x1 (83.7 %, ~370 epochs)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title + ": test accuracy, seed mean and min-max band")
+    fig.savefig(path, dpi=120)
+    fig.savefig(path.with_suffix(".svg"))
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("folders", nargs="+", help="sweep folders (or single runs)")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[5, 10, 20, 40])
+    parser.add_argument(
+        "--out",
+        default="runs/benchmarks/time_to_accuracy.json",
+        help="the JSON (benchmarks/results/ holds the committed one)",
+    )
+    parser.add_argument(
+        "--figure", default="", help="PNG path of the curves (default: next to --out)"
+    )
+    args = parser.parse_args(argv)
+    rows = [
+        summarize(f, args.epochs)
+        for folder in args.folders
+        for f in variant_folders(pathlib.Path(folder))
+    ]
+    if not rows:
+        parser.error(f"no training runs in {args.folders}")
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"epochs": args.epochs, "variants": rows}, indent=1))
+    print(table(rows, args.epochs))
+    print("(in brackets: cumulative minutes of training and evaluation on this machine)")
+    figure(
+        rows,
+        pathlib.Path(args.figure) if args.figure else out.with_suffix(".png"),
+        ", ".join(pathlib.Path(f).name for f in args.folders),
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
