@@ -22,6 +22,7 @@ from deepnmf_jax.steps import (
     predict,
     train_step,
 )
+from deepnmf_jax.validation import INCIDENTAL_KEYS
 
 
 class Steps(NamedTuple):
@@ -36,22 +37,14 @@ class Steps(NamedTuple):
     placement: parallel.Placement
 
 
-# Config keys that do not change the compiled functions: where the data comes from and how much of
-# it (shapes retrace inside the same jitted functions), the seed, how the run reports.
-_NOT_COMPILED = (
+# Config keys that do not change the compiled functions: besides the incidental ones, the seed and
+# how much data there is (shapes retrace inside the same jitted functions).
+_NOT_COMPILED = INCIDENTAL_KEYS | {
     "seed",
-    "progress",
-    "tensorboard",
-    "log_every_steps",
-    "checkpoint_every_epochs",
-    "data.source",
-    "data.data_dir",
-    "data.cache_dir",
-    "data.download_url",
     "data.train_limit",
     "data.test_limit",
     "data.validation_size",
-)
+}
 
 
 def make_steps(config, num_classes: int, image_shape, steps_per_epoch: int, devices=None) -> Steps:

@@ -13,6 +13,22 @@ from deepnmf_jax.errors import ConfigError, DataError
 
 DATA_ORDERS = ("fixed", "per_seed")
 
+INCIDENTAL_KEYS = frozenset(
+    {
+        "progress",
+        "tensorboard",
+        "log_every_steps",
+        "checkpoint_every_epochs",
+        "data.source",
+        "data.data_dir",
+        "data.cache_dir",
+        "data.download_url",
+    }
+)
+"""Config keys that say where the data comes from and how a run reports: they change neither what
+is computed nor its results (a run may resume with others; the compiled steps do not depend on
+them)."""
+
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks the choices that the config's types cannot, with messages that name the bad value."""

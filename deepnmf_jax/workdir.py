@@ -20,6 +20,7 @@ import warnings
 from flax import traverse_util
 
 from deepnmf_jax.errors import ConfigError, WorkdirError
+from deepnmf_jax.validation import INCIDENTAL_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +28,8 @@ LOCK_NAME = ".lock"
 
 # Keys that may change between a run and its resumption (where the data comes from, how the run
 # reports, how long it goes on, how the same computation is laid out).
-RESUMABLE_KEYS = {
+RESUMABLE_KEYS = INCIDENTAL_KEYS | {
     "num_epochs",
-    "progress",
-    "tensorboard",
-    "log_every_steps",
-    "checkpoint_every_epochs",
-    "data.source",
-    "data.data_dir",
-    "data.cache_dir",
-    "data.download_url",
     "optim.lr_a",  # learning rates may be lowered on resume (e.g. after a NaN loss)
     "optim.lr_b",
     "optim.lr_bn",
@@ -147,16 +140,22 @@ def check_config_matches(workdir: pathlib.Path, current: dict) -> bool:
         return True
     saved_flat = traverse_util.flatten_dict(saved, sep=".")
     current_flat = traverse_util.flatten_dict(current, sep=".")
+    resumable = set(RESUMABLE_KEYS)
+    if saved_flat.get("optim.schedule", "plateau") != "plateau":
+        resumable.discard("num_epochs")  # it sets the length of the optax schedules
     differ = sorted(
         k
         for k in saved_flat.keys() | current_flat.keys()
-        if k not in RESUMABLE_KEYS and saved_flat.get(k) != current_flat.get(k)
+        if k not in resumable and saved_flat.get(k) != current_flat.get(k)
     )
     if differ:
         shown = ", ".join(f"{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}" for k in differ)
+        why = ""
+        if "num_epochs" in differ:
+            why = " (num_epochs sets the length of this run's learning-rate schedule)"
         raise ConfigError(
-            f"{workdir} holds a run with a different configuration ({shown}); resume with the "
-            "same configuration or use another --workdir"
+            f"{workdir} holds a run with a different configuration ({shown}){why}; resume with "
+            "the same configuration or use another --workdir"
         )
     return False
 

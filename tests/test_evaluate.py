@@ -105,10 +105,11 @@ def test_standard_corruptions_by_hand():
 def test_an_all_zero_image_gives_finite_probabilities(getkey):
     """``holes`` at eta = 1 leaves nothing; every model still returns finite probabilities."""
     zeros = jnp.asarray(corruptions.corrupt("holes", np.ones((2, 32, 32, 3), np.float32), 1.0, 0))
+    crop = zeros[:, 2:30, 2:30]
     for name in ("cnn_1x1", "cnmf_1x1"):
         model = models.build_model(name, width=0.125, iterations=2)
-        variables = model.init(getkey(), zeros[:, 2:30, 2:30], train=False)
-        probs = model.apply(variables, zeros[:, 2:30, 2:30], train=False)
+        variables = jax.jit(lambda key, m=model: m.init(key, crop, train=False))(getkey())
+        probs = jax.jit(lambda v, m=model: m.apply(v, crop, train=False))(variables)
         assert np.all(np.isfinite(probs)), name
 
 

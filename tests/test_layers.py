@@ -195,14 +195,14 @@ def test_patch_conv_methods_are_equal_in_float64_with_zero_patches(
     results = {}
     for method in ("patches", "matmul", "conv"):
         layer = layers.PatchConv(8, kernel_size, strides, padding, groups=groups, method=method)
-        variables = layer.init(jax.random.key(0), x)
+        variables = jax.jit(layer.init)(jax.random.key(0), x)
         variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), variables)
 
         def objective(variables, x, layer=layer):
             y = layer.apply(variables, x)
             return jnp.sum(g[:, : y.shape[1], : y.shape[2]] * y), y
 
-        grads, y = jax.grad(objective, (0, 1), has_aux=True)(variables, x)
+        grads, y = jax.jit(jax.grad(objective, (0, 1), has_aux=True))(variables, x)
         results[method] = (y, grads, variables["params"]["bias"])
     reference_y, reference_grads, bias = results["patches"]
     if kernel_size != "full":  # the top-left patch is all zero: the output is the bias alone

@@ -127,7 +127,9 @@ def test_reference_params_errors_name_the_problem():
 
 def test_grouped_reference_layout_round_trips():
     model = models.build_model("cnmf_1x1", groups=4)
-    variables = model.init(jax.random.key(1), jnp.zeros((2, 28, 28, 3)), train=False)
+    variables = jax.jit(lambda key: model.init(key, jnp.zeros((2, 28, 28, 3)), train=False))(
+        jax.random.key(1)
+    )
     exported = reference.export_reference_params("cnmf_1x1", variables, groups=4)
     assert exported["block2.a.weight"].shape == (4, 16, 200)  # (G, F/G, S/G) as davrot/nnmf_24b
     assert exported["block2.b.weight"].shape == (64, 16, 1, 1)  # torch grouped conv
@@ -138,9 +140,13 @@ def test_grouped_reference_layout_round_trips():
 def test_intermediates_and_float64_throughout(getkey):
     model = models.build_model("cnmf_1x1", iterations=2)
     images = jax.random.uniform(getkey(), (2, 28, 28, 3), jnp.float64)
-    variables = model.init(getkey(), images.astype(jnp.float32), train=False)
+    variables = jax.jit(lambda key: model.init(key, images.astype(jnp.float32), train=False))(
+        getkey()
+    )
     variables64 = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), variables)
-    probs, inter = model.apply(variables64, images, train=False, return_intermediates=True)
+    probs, inter = jax.jit(lambda v, x: model.apply(v, x, train=False, return_intermediates=True))(
+        variables64, images
+    )
     assert probs.shape == (2, 10) and probs.dtype == jnp.float64
     np.testing.assert_allclose(np.sum(probs, -1), 1.0, rtol=1e-14)
     assert inter["block1"]["a"].shape == (2, 24, 24, 32)  # the final codes h of NMF layer 1

@@ -39,7 +39,7 @@ def test_first_adam_step_moves_each_group_by_its_learning_rate():
     params = _params()
     tx = optim.make_optimizer(config)
     grads = jax.tree_util.tree_map(lambda p: jnp.ones_like(p), params)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
     for path, update in traverse_util.flatten_dict(updates).items():
         expected = {"a": 0.01, "b": 0.001, "bn": 0.001}[optim.param_group(path)]
         # Adam's first step is -lr * g / (|g| + eps) = -lr (1 - 1e-8) for g = 1.
@@ -135,7 +135,7 @@ def test_weight_decay_is_decoupled_and_spares_nmf_and_norms():
         params = jax.tree_util.tree_map(jnp.ones_like, _params(name))
         tx = optim.make_optimizer(config, nmf_a_layers=name.startswith("cnmf"))
         grads = jax.tree_util.tree_map(jnp.zeros_like, params)
-        updates, _ = tx.update(grads, tx.init(params), params)
+        updates, _ = jax.jit(lambda g, p, tx=tx: tx.update(g, tx.init(p), p))(grads, params)
         for path, update in traverse_util.flatten_dict(updates).items():
             group = optim.param_group(path)
             decayed = path[-1] == "kernel" and (group == "b" or (group == "a" and decays_a))

@@ -127,6 +127,18 @@ def test_damaged_side_files_do_not_block_a_resume(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "cnmf"
 
 
+def test_num_epochs_may_change_on_resume_only_under_the_plateau_schedule(tmp_path):
+    saved = json.loads(tiny_config(num_epochs=3).to_json_best_effort())
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert not workdir.check_config_matches(tmp_path, {**saved, "num_epochs": 50})
+    cosine = json.loads(
+        tiny_config(num_epochs=3, **{"optim.schedule": "cosine"}).to_json_best_effort()
+    )
+    (tmp_path / "config.json").write_text(json.dumps(cosine))
+    with pytest.raises(errors.ConfigError, match=r"num_epochs: 3 -> 50\) \(num_epochs sets the"):
+        workdir.check_config_matches(tmp_path, {**cosine, "num_epochs": 50})
+
+
 def test_atomic_write_and_torn_line_rules(tmp_path):
     path = tmp_path / "a.json"
     workdir.atomic_write_text(path, "one")

@@ -1,0 +1,53 @@
+"""The released weights (deepnmf_jax.pretrained): they load, match their sha256, and reproduce the
+accuracy their manifest states on the bundled sample's 500 test images."""
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from deepnmf_jax import input_pipeline, pretrained
+
+RELEASED = {"cnmf_1x1_cifar10_fast", "cnn_1x1_cifar10_fast"}
+
+
+def _accuracy(name: str) -> float:
+    """Accuracy on the sample's test images in batches of the evaluation's size (BatchNorm with
+    batch statistics depends on the batch), as the release script measured it."""
+    entry = pretrained.info(name)
+    model, variables = pretrained.load(name)
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    sample = input_pipeline.load_sample().test
+    size = entry["accuracy"]["eval_batch_size"]
+    correct = 0
+    for start in range(0, len(sample), size):
+        images = pretrained.preprocess(sample.images[start : start + size])
+        probs = apply(variables, images)
+        correct += int(np.sum(np.argmax(probs, -1) == sample.labels[start : start + size]))
+    return correct / len(sample)
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_a_released_model_reproduces_its_stated_accuracy(name):
+    assert set(pretrained.available()) == RELEASED
+    entry = pretrained.info(name)
+    assert entry["model"]["name"] == name.split("_cifar10")[0]
+    # one image of 500 either way: float32 rounding differs between CPUs (AVX2, AVX-512)
+    assert abs(_accuracy(name) - entry["accuracy"]["bundled_sample_test"]) <= 1 / 500
+    assert entry["accuracy"]["cifar10_test"] > 0.5 and entry["command"]
+
+
+def test_a_damaged_file_is_refused_and_an_unknown_name_is_named(tmp_path, monkeypatch):
+    name = sorted(RELEASED)[0]
+    for file in ("manifest.json", pretrained.info(name)["file"]):
+        shutil.copy(pretrained._FOLDER / file, tmp_path / file)
+    damaged = tmp_path / pretrained.info(name)["file"]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setattr(pretrained, "_FOLDER", tmp_path)
+    with pytest.raises(ValueError, match=r"is damaged: sha256 [0-9a-f]{64} is not the released"):
+        pretrained.load(name)
+    with pytest.raises(KeyError, match="no released model 'resnet'; available: "):
+        pretrained.info("resnet")
