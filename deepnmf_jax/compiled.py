@@ -60,6 +60,8 @@ def make_steps(config, num_classes: int, image_shape, steps_per_epoch: int, devi
     if devices is not None:
         return _build(config, num_classes, image_shape, steps_per_epoch, devices)
     flat = json.loads(config.to_json_best_effort())
+    if config.optim.schedule == "plateau":  # num_epochs is the optax schedules' length alone
+        flat["num_epochs"] = 1
     for key in _NOT_COMPILED:
         section, _, leaf = key.rpartition(".")
         (flat[section] if section else flat).pop(leaf, None)

@@ -97,6 +97,24 @@ def test_fig6_plan_counts_by_hand():
     assert fig5.base.data.name == "fashion_mnist" and "paper" not in fig5
 
 
+def test_recipes_sweep_puts_the_fast_recipe_beside_the_papers():
+    """configs/sweeps/recipes.py: each model with the paper's recipe, the fast one (exactly the keys
+    of configs/cifar10.py's FAST) and the fast one with the linear head."""
+    from configs import cifar10
+
+    sweep = spec.load(str(ROOT / "configs" / "sweeps" / "recipes.py"))
+    variants = {v.name: v.overrides for v in grid.variants(list(sweep.points))}
+    assert sorted(variants) == sorted(
+        f"{m},{r}" for m in ("cnmf_1x1", "cnn_1x1") for r in ("paper", "fast", "fast,linear_head")
+    )
+    assert variants["cnn_1x1,paper"] == {"model.name": "cnn_1x1"}
+    assert variants["cnn_1x1,fast"] == {"model.name": "cnn_1x1", **cifar10.FAST}
+    assert variants["cnmf_1x1,fast,linear_head"]["model.head"] == "linear"
+    fast = cifar10.get_config("fast")
+    assert fast.data.validation_size == sweep.base.data.validation_size == 5_000
+    assert fast.num_epochs == sweep.base.num_epochs == 40
+
+
 def test_pareto_front_on_hand_made_points():
     params = [100, 200, 200, 300, 50, 300, 400]
     accuracy = [0.5, 0.7, 0.6, 0.7, 0.4, 0.8, 0.8]

@@ -188,6 +188,17 @@ def test_config_errors(tmp_path):
     for module in (default, fashion_mnist, cifar100):
         train_lib.validate_config(module.get_config())
     train_lib.validate_config(cifar10.get_config())
+    # the fast recipe is derived: the default's model and data with FAST's keys and a budget
+    fast, paper = (cifar10.get_config(arg).to_dict() for arg in ("fast", None))
+    train_lib.validate_config(cifar10.get_config("fast"))
+    changed = {
+        f"{section}.{key}"
+        for section, values in paper.items()
+        if isinstance(values, dict)
+        for key in values
+        if fast[section][key] != values[key]
+    }
+    assert changed == {*cifar10.FAST, "data.validation_size"} and fast["num_epochs"] == 40
     with pytest.raises(ValueError, match="unknown variant"):
         cifar10.get_config("smaple")
     (tmp_path / "config.json").write_text(

@@ -12,7 +12,7 @@ for CNMF+1x1 and for CNN+1x1 (``:cnn_1x1``), so the paper's comparison is re-tes
 
 Candidates: the paper's recipe; a cosine schedule with one warm-up epoch; with augmentation drawn per
 image; with two, three and five times the paper's learning rates; with label smoothing; with an EMA
-of the parameters; with running-average BatchNorm; and the one-cycle schedule.
+of the parameters; with a linear head; with running-average BatchNorm; and the one-cycle schedule.
 """
 
 import ml_collections
@@ -41,6 +41,8 @@ CANDIDATES = [
     {"recipe": "cosine_sample_lr5", **PER_IMAGE, **_rates(5)},
     {"recipe": "cosine_sample_ls", **PER_IMAGE, "label_smoothing": 0.1},
     {"recipe": "cosine_sample_ema", **PER_IMAGE, "optim.ema_decay": 0.998},
+    # a plain 1x1 convolution as the last layer: no class channel can die (the CNN models' fault)
+    {"recipe": "cosine_sample_linear_head", **PER_IMAGE, "model.head": "linear"},
     # running-average BatchNorm: predictions that do not depend on the batch (a released model
     # classifies single images); a recipe choice like the others, judged on validation
     {"recipe": "cosine_sample_running_bn", **PER_IMAGE, "model.batch_norm": "running"},
