@@ -1,18 +1,23 @@
-"""The benchmark scripts run (at a tiny size) and write what they promise. Numbers are not checked."""
+"""The benchmark scripts run (at a tiny size) and write what they promise. Numbers are not checked.
 
+The scripts run with the suite's compilation cache, and the train-step and backprop runs use the
+shapes of the device check's smoke size, so that its speed section compiles little of its own."""
+
+import importlib.util
 import json
-import os
 import subprocess
 import sys
 
-from tests.runners import ROOT, xla_flags
+import pytest
+
+from tests.runners import ROOT, subprocess_env
 
 
 def _run(script, *args):
     done = subprocess.run(
         [sys.executable, f"benchmarks/{script}", *args],
         cwd=ROOT,
-        env=dict(os.environ, XLA_FLAGS=xla_flags(1)),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -26,7 +31,9 @@ def test_train_step_benchmark_runs(tmp_path):
     stdout = _run(
         "train_step.py",
         "--models",
-        "cnmf",
+        "cnmf_1x1",
+        "--seed-loop",
+        "map",
         "--seeds",
         "2",
         "--batches",
@@ -47,7 +54,9 @@ def test_train_step_benchmark_runs(tmp_path):
     assert "img/s" in stdout and "of peak" in stdout
     report = json.loads(out.read_text())
     rows = report["rows"]
-    assert [(r["model"], r["seeds"]) for r in rows] == [("cnmf", 2)] and rows[0]["images_per_s"] > 0
+    assert [(r["model"], r["seeds"]) for r in rows] == [("cnmf_1x1", 2)] and rows[0][
+        "images_per_s"
+    ] > 0
     assert report["peak_gflops"] > 0 and report["machine"]["cpu_count"] >= 1
     assert 0 < rows[0]["fraction_of_peak"] and rows[0]["mflop_per_image"] > 0
 
@@ -63,9 +72,9 @@ def test_backprop_benchmark_runs(tmp_path):
         "backprop.py",
         "--configs",
         "cnn",
-        "cnmf:unrolled_remat",
+        "cnmf_1x1:unrolled",
         "--batches",
-        "2",
+        "4",
         "--steps",
         "1",
         "--width",
@@ -77,7 +86,7 @@ def test_backprop_benchmark_runs(tmp_path):
     )
     assert "bwd/CNN" in stdout
     rows = json.loads(out.read_text())["rows"]
-    assert [r["config"] for r in rows] == ["cnn", "cnmf:unrolled_remat"]
+    assert [r["config"] for r in rows] == ["cnn", "cnmf_1x1:unrolled"]
     # At this size the backward (value-and-grad minus forward) can time as 0, and 0/0 is NaN.
     assert rows[0]["backward_vs_cnn"] == 1.0 or rows[0]["backward_s"] == 0.0
     assert rows[1]["peak_rss_mib"] > 0
@@ -105,3 +114,33 @@ def test_device_check_smoke_writes_every_section(tmp_path):
     runs = report["epoch"]["runs"]
     assert set(runs) == {"float32", "bfloat16"} and runs["bfloat16"]["wall_s"] > 0
     assert "bfloat16_minus_float32_accuracy" in report["epoch"]
+
+
+def test_time_to_accuracy_reads_a_sweep(local_sweep, tmp_path, capsys):
+    """The time-to-accuracy table and curves of the smoke sweep: accuracy, seeds and cumulative
+    minutes at the asked epochs, '-' where a run did not get there."""
+    spec = importlib.util.spec_from_file_location(
+        "time_to_accuracy", ROOT / "benchmarks" / "time_to_accuracy.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    folder, _ = local_sweep
+    out = tmp_path / "tta.json"
+    assert script.main([str(folder), "--epochs", "1", "2", "1000", "--out", str(out)]) == 0
+    rows = {row["variant"]: row for row in json.loads(out.read_text())["variants"]}
+    assert sorted(rows) == [
+        "model=cnmf,seed=21",
+        "model=cnmf,seed=22",
+        "model=cnn,seed=21",
+        "model=cnn,seed=22",
+    ]
+    row = rows["model=cnmf,seed=21"]
+    lines = (folder / row["variant"] / "metrics.jsonl").read_text().splitlines()
+    history = [json.loads(line) for line in lines]
+    assert row["at_epoch"]["2"]["per_seed"] == history[1]["test_accuracy"]
+    minutes = (history[0]["epoch_time_s"] + history[1]["epoch_time_s"]) / 60
+    assert row["at_epoch"]["2"]["train_minutes"] == pytest.approx(minutes)
+    assert "1000" not in row["at_epoch"] and row["curve"][0] == history[0]["test_accuracy"][0]
+    table = capsys.readouterr().out
+    assert table.count("| model=") == 4 and "| - |" in table
+    assert out.with_suffix(".png").is_file() and out.with_suffix(".svg").is_file()
