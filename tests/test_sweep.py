@@ -194,7 +194,8 @@ def test_a_failed_variant_is_reported_and_the_others_finish(tmp_path):
 def test_dry_run_lists_parameters_and_trains_nothing(tmp_path):
     code, output = _sweep("run", str(ROOT / "configs" / "sweeps" / "fig5.py"), "--dry-run")
     assert code == 0, output
-    assert "model=cnmf_1x1    167,886    152,864     14,638    384   0.09576" in output
+    assert "model=cnmf_1x1    167,886    152,864     14,638    384   0.09576        424" in output
+    assert output.splitlines()[0].split()[-2:] == ["CNN/NMF", "MFLOP/img"]
     assert "4 variants, 0 skipped" in output
     code, output = _sweep("run", SMOKE, "--workdir", str(tmp_path), "--set", "model.nmae=cnn")
     assert code == 1 and "error: unknown config key 'model.nmae'" in output

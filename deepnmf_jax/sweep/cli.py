@@ -140,7 +140,7 @@ def _statuses(folder: pathlib.Path, plan: dict | None = None) -> list[status.Var
 def _dry_run_table(planned: list[spec.Planned]) -> str:
     width = max(len(p.name) for p in planned)
     lines = [
-        f"{'variant':<{width}}  {'total':>9}  {'NMF':>9}  {'conv':>9}  {'BN':>5}  {'CNN/NMF':>8}"
+        f"{'variant':<{width}}  {'total':>9}  {'NMF':>9}  {'conv':>9}  {'BN':>5}  {'CNN/NMF':>8}  {'MFLOP/img':>9}"
     ]
     for p in planned:
         if p.skipped:
