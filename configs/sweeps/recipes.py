@@ -30,7 +30,12 @@ def get_config() -> ml_collections.ConfigDict:
         points += [
             {grid.LABEL: f"{model},paper", **name},
             {grid.LABEL: f"{model},fast", **name, **cifar10.FAST},
-            {grid.LABEL: f"{model},fast,linear_head", **name, **cifar10.FAST, "model.head": "linear"},
+            {
+                grid.LABEL: f"{model},fast,linear_head",
+                **name,
+                **cifar10.FAST,
+                "model.head": "linear",
+            },
         ]
     sweep = ml_collections.ConfigDict()
     sweep.name = "recipes"
