@@ -7,8 +7,8 @@ images (5,000 held out to choose ``best/`` on), the full test set:
     python benchmarks/time_to_accuracy.py runs/recipes --epochs 5 10 20 40 \\
         --out runs/recipes/time_to_accuracy.json --figure runs/recipes/time_to_accuracy
 
-On a 2-core CPU an epoch of one seed takes about 4 minutes (CNMF+1x1) and 1.5 (CNN+1x1): the whole
-grid is about 60 hours there; ``--set num_epochs=4`` is the short version.
+On a 2-vCPU CPU an epoch of one seed took about 10 minutes with evaluation (CNMF+1x1) and 2
+(CNN+1x1): the whole grid is about 50 hours there; ``--set num_epochs=3`` is the short version.
 """
 
 import ml_collections
