@@ -5,7 +5,7 @@ to get there, for every variant of one or more sweep folders (e.g. ``configs/swe
         --out benchmarks/results/time_to_accuracy.json
 
 Writes the JSON (per variant: accuracy mean/std over seeds and the per-seed values at each epoch, the
-cumulative training and evaluation minutes, the dead class channels at init and at the end), prints a
+cumulative training minutes (evaluation not counted), the dead class channels at init and at the end), prints a
 markdown table, and draws the test-accuracy curves of all variants (``--figure``, PNG and SVG).
 Minutes are this machine's: compare only numbers from one run on one machine.
 """
@@ -70,7 +70,7 @@ def summarize(folder: pathlib.Path, epochs: list[int]) -> dict:
 
 
 def table(rows: list[dict], epochs: list[int]) -> str:
-    head = ["variant", "seeds"] + [f"epoch {e}: test acc (min)" for e in epochs]
+    head = ["variant", "seeds"] + [f"epoch {e}: test acc % (minutes)" for e in epochs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["variant"], str(row["seeds"])]
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"epochs": args.epochs, "variants": rows}, indent=1))
     print(table(rows, args.epochs))
-    print("(in brackets: cumulative minutes of training and evaluation on this machine)")
+    print("(in brackets: cumulative training minutes on this machine, evaluation not counted)")
     figure(
         rows,
         pathlib.Path(args.figure) if args.figure else out.with_suffix(".png"),

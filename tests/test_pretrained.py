@@ -9,7 +9,7 @@ import pytest
 
 from deepnmf_jax import input_pipeline, pretrained
 
-RELEASED = {"cnmf_1x1_cifar10_fast"}
+RELEASED = {"cnmf_1x1_cifar10_fast", "cnn_1x1_cifar10_fast"}
 
 
 def _accuracy(name: str) -> float:
