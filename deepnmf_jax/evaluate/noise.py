@@ -118,8 +118,13 @@ def plot(curves: dict[str, dict], path, title: str) -> None:
     axes.flat[0].legend(fontsize=7)
     seeds = {len(s["corruptions"][names[0]]["accuracy"][0]) for s in curves.values()}
     images = {s["test_images"] for s in curves.values()}
+    counts = (
+        reporting.plural(min(seeds), "seed")
+        if len(seeds) == 1
+        else f"{min(seeds)}-{max(seeds)} seeds"
+    )
     fig.suptitle(
-        f"{title}: accuracy under corruption ({reporting.plural(max(seeds), 'seed')} per model, "
+        f"{title}: accuracy under corruption ({counts} per model, "
         f"band min-max; {max(images):,} test images)"
     )
     fig.savefig(path, dpi=110)
