@@ -32,6 +32,34 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 
+# Tests that share work run on one pytest-xdist worker, one after another. By test module:
+# pytest-xdist's own ``--dist loadgroup`` marks groups by editing ``item._nodeid``, which pytest 9
+# no longer reads, so the groups are drawn here from the test ids.
+SHARED_WORK = {
+    # the trained smoke sweep (``local_sweep``), and the benchmarks' programs at the device check's
+    # smoke sizes (the later ones find them in the persistent compilation cache)
+    "test_sweep.py": "trained smoke sweep",
+    "test_evaluate.py": "trained smoke sweep",
+    "test_benchmarks.py": "trained smoke sweep",
+    "test_parallel.py": "single-device runs",  # single_device_run
+    "test_train.py": "uninterrupted run",  # uninterrupted_run, and the tiny configs' steps
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (``-n``): the modules of ``SHARED_WORK`` as units, the other tests one by
+    one, the units with the most tests first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedWorkScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return SHARED_WORK.get(module, nodeid)
+
+    return SharedWorkScheduling(config, log)
+
+
 @pytest.fixture
 def getkey():
     """Returns a function that hands out a fresh PRNG key on every call."""

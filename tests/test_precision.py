@@ -75,8 +75,9 @@ def test_precision_is_validated():
 
 
 def test_short_bfloat16_training_is_within_the_seed_spread_of_float32(tmp_path):
-    """3 epochs of CNMF on 500 sample images, 3 seeds each: the mean test accuracies of the two
-    precisions differ by less than the seed spread (plus 3 points: 250 test images)."""
+    """2 epochs of CNMF on 500 sample images, 3 seeds each: the mean test accuracies of the two
+    precisions differ by less than the seed spread (plus 3 points: 250 test images). (Measured:
+    float32 22.4 / 22.0 / 24.4 %, bfloat16 22.0 / 22.0 / 24.4 %.)"""
     accuracy = {}
     for precision in ("float32", "bfloat16"):
         config = tiny_config(
@@ -86,7 +87,7 @@ def test_short_bfloat16_training_is_within_the_seed_spread_of_float32(tmp_path):
                 "model.width": 0.25,
                 "model.iterations": 5,
                 "num_seeds": 3,
-                "num_epochs": 3,
+                "num_epochs": 2,
                 "batch_size": 50,
                 "eval_batch_size": 50,
                 "data.train_limit": 500,
