@@ -30,6 +30,12 @@ from deepnmf_jax.evaluate import export, runs
 FOLDER = pathlib.Path(__file__).resolve().parent.parent / "deepnmf_jax" / "pretrained"
 
 
+def _portable(config: dict) -> dict:
+    """The run's config without the training machine's data folder (a path that means nothing on a
+    user's machine; the manifest's command says where to put the archive)."""
+    return {**config, "data": {**config["data"], "data_dir": ""}}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -77,7 +83,7 @@ def main(argv=None) -> int:
             "bundled_sample_test": sample_accuracy,
         },
         "command": args.command,
-        "config": json.loads(run.config.to_json_best_effort()),
+        "config": _portable(json.loads(run.config.to_json_best_effort())),
     }
     (FOLDER / entry["file"]).write_bytes(data)
     manifest_path = FOLDER / "manifest.json"

@@ -40,6 +40,7 @@ SHARED_WORK = {
     # smoke sizes (the later ones find them in the persistent compilation cache)
     "test_sweep.py": "trained smoke sweep",
     "test_evaluate.py": "trained smoke sweep",
+    "test_noise.py": "trained smoke sweep",
     "test_benchmarks.py": "trained smoke sweep",
     "test_parallel.py": "single-device runs",  # single_device_run
     "test_train.py": "uninterrupted run",  # uninterrupted_run, and the tiny configs' steps

@@ -1,6 +1,6 @@
-"""Evaluating trained runs (deepnmf_jax.evaluate): metrics and corruptions by hand, the commands on
-tiny runs trained here, a run evaluated while it trains, export with jax.export (and ONNX), and a
-PyTorch reference state_dict brought in as a run."""
+"""Evaluating trained runs (deepnmf_jax.evaluate): metrics by hand, the commands on tiny runs
+trained here, a run evaluated while it trains, export with jax.export (and ONNX), and a PyTorch
+reference state_dict and a released model brought in as runs. The noise suite: test_noise.py."""
 
 import json
 import shutil
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from deepnmf_jax import models, reference
-from deepnmf_jax.evaluate import corruptions, metrics, runs
+from deepnmf_jax.evaluate import metrics, runs
 from tests.conftest import FIXTURES
 from tests.runners import run_module, subprocess_env
 from tests.test_train import _cli, _finish, _wait_for_epoch
@@ -26,7 +26,7 @@ def _evaluate(*args):
     return run_module("deepnmf_jax.evaluate", *args)
 
 
-# --- metrics and corruptions by hand ---------------------------------------------------------------
+# --- metrics by hand -------------------------------------------------------------------------------
 
 
 def test_metrics_by_hand():
@@ -39,78 +39,6 @@ def test_metrics_by_hand():
     # |1 - 0.9| + |0 - 0.6| + |1 - 0.7| + |1 - 0.8| = 1.2, over 4 images
     np.testing.assert_allclose(result["ece"], 1.2 / 4)
     np.testing.assert_allclose(metrics.expected_calibration_error(probs, labels, bins=1), 0.0)
-
-
-def _image():
-    """One 2 x 2 RGB image (sum 3.0) and a partner image."""
-    x = np.array([[[[0.5, 0.25, 0.0], [0.25, 0.5, 0.0]], [[0.0, 0.5, 0.25], [0.25, 0.0, 0.5]]]])
-    return x.astype(np.float32), np.full_like(x, 0.5, dtype=np.float32)
-
-
-def test_reference_corruptions_by_hand():
-    x, partner = _image()
-    normalized = x / 3.0
-    for name in corruptions.REFERENCE:
-        np.testing.assert_allclose(
-            corruptions.corrupt(name, x, 0.0, 7, partner), normalized, rtol=1e-6, err_msg=name
-        )
-    # uniform, eta = 1: pure noise, the same draws as the generator's first
-    noise = np.random.default_rng(7).random(x.shape, dtype=np.float32)
-    np.testing.assert_allclose(
-        corruptions.corrupt("uniform", x, 1.0, 7), noise / noise.sum(), rtol=1e-6
-    )
-    # picture, eta = 0.5: half the image, half the partner, each normalised
-    np.testing.assert_allclose(
-        corruptions.corrupt("picture", x, 0.5, 7, partner),
-        0.5 * normalized + 0.5 * partner / partner.sum(),
-        rtol=1e-6,
-    )
-    assert not np.any(corruptions.corrupt("holes", x, 1.0, 7))  # every pixel-channel gone
-    filled = corruptions.corrupt("holes_w_noise", x, 1.0, 7)  # every pixel-channel replaced
-    rng = np.random.default_rng(7)
-    rng.random(x.shape, dtype=np.float32)  # the mask's draw
-    fill = rng.random(x.shape, dtype=np.float32)
-    np.testing.assert_allclose(filled, fill / fill.sum(), rtol=1e-5)
-    half = corruptions.corrupt("holes", x, 0.5, 3)
-    kept = np.random.default_rng(3).random(x.shape, dtype=np.float32) > 0.5
-    np.testing.assert_allclose(half, x * kept / (x * kept).sum(), rtol=1e-6)
-
-
-def test_standard_corruptions_by_hand():
-    x, _ = _image()
-    for name in corruptions.STANDARD:
-        clean = corruptions.CORRUPTIONS[name][1][0]
-        np.testing.assert_array_equal(corruptions.corrupt(name, x, clean, 1), x, err_msg=name)
-    channel_means = x.mean(axis=(1, 2), keepdims=True)
-    flat = corruptions.corrupt("contrast", x, 0.0, 1)  # factor 0: each channel's mean
-    np.testing.assert_allclose(flat, np.broadcast_to(channel_means, x.shape), rtol=1e-6)
-    np.testing.assert_allclose(
-        corruptions.corrupt("contrast", x, 0.5, 1),
-        (x - channel_means) * 0.5 + channel_means,
-        rtol=1e-6,
-    )
-    salted = corruptions.corrupt("impulse_noise", x, 1.0, 1)  # every value replaced by 0 or 1
-    assert set(np.unique(salted)) <= {0.0, 1.0}
-    noisy = corruptions.corrupt("gaussian_noise", x, 0.1, 1)
-    expected = np.clip(x + np.random.default_rng(1).normal(0, 0.1, x.shape), 0, 1)
-    np.testing.assert_allclose(noisy, expected, rtol=1e-6)
-    constant = np.full((1, 5, 5, 3), 0.3, np.float32)  # a blur leaves a constant image alone
-    np.testing.assert_allclose(
-        corruptions.corrupt("gaussian_blur", constant, 1.0, 1), constant, rtol=1e-6
-    )
-    with pytest.raises(ValueError, match="unknown corruption 'fog'"):
-        corruptions.corrupt("fog", x, 0.1, 1)
-
-
-def test_an_all_zero_image_gives_finite_probabilities(getkey):
-    """``holes`` at eta = 1 leaves nothing; every model still returns finite probabilities."""
-    zeros = jnp.asarray(corruptions.corrupt("holes", np.ones((2, 32, 32, 3), np.float32), 1.0, 0))
-    crop = zeros[:, 2:30, 2:30]
-    for name in ("cnn_1x1", "cnmf_1x1"):
-        model = models.build_model(name, width=0.125, iterations=2)
-        variables = jax.jit(lambda key, m=model: m.init(key, crop, train=False))(getkey())
-        probs = jax.jit(lambda v, m=model: m.apply(v, crop, train=False))(variables)
-        assert np.all(np.isfinite(probs)), name
 
 
 # --- the commands on runs trained here -------------------------------------------------------------
@@ -131,37 +59,6 @@ def test_evaluate_a_run_and_a_sweep(local_sweep):
     assert "statistics of each evaluation batch of 25 images" in output
     code, output = _evaluate("--workdir", folder / CNMF, "--eval_batch_size", "50")
     assert code == 0 and "batch of 50 images" in output, output
-
-
-def test_noise_suite_on_a_sweep_draws_the_same_noise_for_every_model(local_sweep):
-    folder, _ = local_sweep
-    args = (
-        "noise",
-        "--workdir",
-        folder,
-        "--corruptions",
-        "uniform,holes,contrast",
-        "--levels",
-        "0,1",
-    )
-    code, output = _evaluate(*args, "--limit", "25")
-    assert code == 0, output
-    suites = {
-        name: json.loads((folder / name / "eval" / "noise.json").read_text())
-        for name in (CNMF, CNN)
-    }
-    for suite in suites.values():
-        assert suite["test_images"] == 25 and suite["corruptions"]["uniform"]["levels"] == [
-            0.0,
-            1.0,
-        ]
-        assert len(suite["corruptions"]["contrast"]["accuracy"]) == 6  # severities 0-5
-    assert (folder / "noise.png").stat().st_size > 20_000 and (folder / "noise.svg").exists()
-    # At eta = 0 uniform noise gives the clean image (normalised): the clean accuracy on 25 images.
-    run = runs.open_run(folder / CNMF)
-    images = runs.evaluation_split(run, "test").take(25)
-    clean = np.mean(run.predict(images.images).argmax(-1) == images.labels, axis=-1)
-    assert suites[CNMF]["corruptions"]["uniform"]["accuracy"][0] == pytest.approx(clean.tolist())
 
 
 def test_bad_input_is_one_line_and_writes_nothing(local_sweep, tmp_path):
@@ -189,6 +86,11 @@ def test_bad_input_is_one_line_and_writes_nothing(local_sweep, tmp_path):
         (
             ("noise", "--workdir", run, "--levels", "0,1.5"),
             "noise levels must be in [0, 1], got 1.5",
+        ),
+        (("noise", "--workdir", run, "--workdir", run), "needs --out"),
+        (
+            ("noise", "--workdir", run, "--workdir", run, "--out", tmp_path / "o"),
+            "seed 21 is in both",
         ),
     ]
     for args, expected in cases:
@@ -292,6 +194,26 @@ def test_a_reference_state_dict_becomes_an_evaluated_run(tmp_path):
         "cnn",
     )
     assert code == 1 and "model.npz: " in output and "'cnn'" in output, output
+    assert not (tmp_path / "r2").exists()
+
+
+def test_a_released_model_becomes_a_run_with_its_stated_accuracy(tmp_path):
+    from deepnmf_jax import pretrained
+
+    name, run = "cnmf_1x1_cifar10_fast", tmp_path / "run"
+    code, output = _evaluate("import-pretrained", "--name", name, "--workdir", run)
+    assert code == 0 and "seed 21, epoch 3" in output, output
+    code, output = _evaluate("--workdir", run, "--source", "sample")
+    assert code == 0 and "cnmf_1x1 (best/2700, epoch 3) test accuracy" in output, output
+    result = json.loads((run / "eval" / "metrics.json").read_text())
+    stated = pretrained.info(name)["accuracy"]["bundled_sample_test"]
+    assert result["images"] == 500 and abs(result["accuracy"]["mean"] - stated) <= 1 / 500
+    for args, expected in (
+        (("--name", name, "--workdir", run), "already holds a run"),
+        (("--name", "resnet", "--workdir", tmp_path / "r2"), "no released model 'resnet'"),
+    ):
+        code, output = _evaluate("import-pretrained", *args)
+        assert code == 1 and output.startswith("error: ") and expected in output, output
     assert not (tmp_path / "r2").exists()
 
 

@@ -37,6 +37,8 @@ def test_a_released_model_reproduces_its_stated_accuracy(name):
     assert abs(_accuracy(name) - entry["accuracy"]["bundled_sample_test"]) <= 1 / 500
     # short runs (3 epochs), but far above chance (10 %)
     assert entry["accuracy"]["cifar10_test"] > 0.25 and entry["command"]
+    # nothing from the machine that trained it: the data folder is the user's to give
+    assert entry["config"]["data"]["data_dir"] == "" and "/work/" not in str(entry)
 
 
 def test_a_damaged_file_is_refused_and_an_unknown_name_is_named(tmp_path, monkeypatch):

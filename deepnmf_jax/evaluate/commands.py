@@ -12,7 +12,7 @@ import numpy as np
 from deepnmf_jax import reporting
 from deepnmf_jax import workdir as workdir_lib
 from deepnmf_jax.errors import ConfigError
-from deepnmf_jax.evaluate import corruptions, metrics, runs
+from deepnmf_jax.evaluate import corruptions, metrics, noise_report, runs
 from deepnmf_jax.evaluate import export as export_lib
 from deepnmf_jax.evaluate import noise as noise_lib
 from deepnmf_jax.evaluate.cli import run_folders
@@ -133,33 +133,75 @@ def _levels(text: str | None) -> list[float] | None:
 
 
 def noise(args) -> None:
+    """The suite on every run under each ``--workdir``; the runs of one variant (seeds in one or more
+    folders) make one curve of the pooled figure, JSON and table in ``--out`` (default: the one
+    workdir; for a single run only the table, beside the run's own ``eval/noise.json``)."""
     names, levels = _corruption_names(args.corruptions), _levels(args.levels)
     noise_lib.check_request(names, levels)
-    root = pathlib.Path(args.workdir)
-    folders = run_folders(root)
-    curves = {}
-    for folder in folders:
-        run = _open(folder, args)
-        label = folder.name if len(folders) > 1 else run.config.model.name
-        print(
-            f"{folder}: {run.config.model.name}, {reporting.plural(len(run.seeds), 'seed')}",
-            flush=True,
+    roots = [pathlib.Path(w) for w in args.workdir]
+    if len(roots) > 1 and not args.out:
+        raise ConfigError(
+            "noise with several --workdir needs --out, the folder of the pooled results"
         )
-        suite = noise_lib.run_suite(
-            run, names, levels, args.limit, args.seed, lambda line: print(f"  {line}", flush=True)
-        )
-        suite.update(model=run.config.model.name, checkpoint=run.checkpoint, epoch=run.epoch)
-        out = folder / "eval"
-        out.mkdir(exist_ok=True)
-        workdir_lib.atomic_write_text(out / "noise.json", json.dumps(suite, indent=1))
-        noise_lib.plot(
-            {label: suite}, out / "noise.png", f"{run.config.model.name} ({folder.name})"
-        )
-        print(f"  {suite['seconds'] / 60:.1f} min for the suite; {out / 'noise.json'}", flush=True)
-        curves[label] = suite
-    if len(folders) > 1:
-        noise_lib.plot(curves, root / "noise.png", f"{root.name}")
-        print(root / "noise.png")
+    opened: dict[str, list] = {}  # label -> runs; every run is opened (and checked) first
+    seen: dict[tuple[str, int], pathlib.Path] = {}
+    for root in roots:
+        folders = run_folders(root)
+        for folder in folders:
+            run = _open(folder, args)
+            label = noise_report.curve_label(folder, run.config.model.name, folders != [root])
+            for seed in run.seeds:
+                if (label, seed) in seen:
+                    raise ConfigError(
+                        f"{label}: seed {seed} is in both {seen[label, seed]} and {folder}"
+                    )
+                seen[label, seed] = folder
+            opened.setdefault(label, []).append(run)
+    by_label = {}
+    for label, trained in opened.items():
+        suites = []
+        for run in trained:
+            print(f"{run.folder}: {label}, {reporting.plural(len(run.seeds), 'seed')}", flush=True)
+            suites.append((run.folder, _suite(run, names, levels, args)))
+        by_label[label] = suites
+    curves = {label: noise_report.pool(label, suites) for label, suites in by_label.items()}
+    table = noise_report.markdown(curves)
+    single = len(roots) == 1 and (roots[0] / "config.json").is_file() and not args.out
+    out = roots[0] / "eval" if single else pathlib.Path(args.out or roots[0])
+    out.mkdir(parents=True, exist_ok=True)
+    workdir_lib.atomic_write_text(out / "noise.md", table)
+    written = [out / "noise.md"]
+    if not single:
+        workdir_lib.atomic_write_text(out / "noise.json", json.dumps(curves, indent=1))
+        noise_report.plot(curves, out / "noise.png", out.resolve().name)
+        written = [out / "noise.json", *written, out / "noise.png"]
+    print(table)
+    print(", ".join(map(str, written)))
+
+
+def _suite(run: runs.TrainedRun, names, levels, args) -> dict:
+    """The run's suite: its earlier ``eval/noise.json`` if that was asked the same, else run now and
+    saved there (the run's own figure beside it)."""
+    path = run.folder / "eval" / "noise.json"
+    wanted = noise_lib.request(run, names, levels, args.limit, args.seed)
+    if path.is_file() and not args.recompute:
+        try:
+            earlier = json.loads(path.read_text())
+        except ValueError:
+            earlier = {}
+        if earlier.get("request") == wanted:
+            print(f"  reused {path} (same checkpoint and options; --recompute runs it again)")
+            return earlier
+    suite = noise_lib.run_suite(
+        run, names, levels, args.limit, args.seed, lambda line: print(f"  {line}", flush=True)
+    )
+    suite.update(model=run.config.model.name, checkpoint=run.checkpoint, epoch=run.epoch)
+    path.parent.mkdir(exist_ok=True)
+    workdir_lib.atomic_write_text(path, json.dumps(suite, indent=1))
+    label = run.config.model.name
+    noise_report.plot({label: suite}, path.with_suffix(".png"), f"{label} ({run.folder.name})")
+    print(f"  {suite['seconds'] / 60:.1f} min for the suite; {path}", flush=True)
+    return suite
 
 
 def export(args) -> None:
@@ -195,4 +237,16 @@ def import_reference(args) -> None:
     print(
         f"{folder}: {args.model} from {args.state_dict}; evaluate it with "
         f"python -m deepnmf_jax.evaluate --workdir {folder}"
+    )
+
+
+def import_pretrained(args) -> None:
+    """A run folder (config, checkpoint) from a released model."""
+    from deepnmf_jax.evaluate import reference_import
+
+    folder, entry = reference_import.import_pretrained(args.name, pathlib.Path(args.workdir))
+    print(
+        f"{folder}: {args.name} ({entry['model']['name']}, seed {entry['seed']}, epoch "
+        f"{entry['epoch']}); evaluate it with python -m deepnmf_jax.evaluate --workdir {folder} "
+        "--data_dir DIR_WITH_THE_DATASET"
     )

@@ -1,4 +1,6 @@
-"""A model trained by the PyTorch reference, as a run folder this library evaluates.
+"""A model trained elsewhere, as a run folder this library evaluates: one trained by the PyTorch
+reference (``import-reference``), or a released model of :mod:`deepnmf_jax.pretrained`
+(``import-pretrained``, e.g. to run the noise suite on it).
 
 Save the reference's network (it pickles the whole module) as ``.npz`` with two lines of torch::
 
@@ -13,6 +15,7 @@ command (metrics, noise, export) works on it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -72,16 +75,50 @@ def import_state_dict(
             )
     except ValueError as error:
         raise ConfigError(f"{npz}: {error}") from None
+    return _write_run(config, variables, folder)
+
+
+def import_pretrained(name: str, folder: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """A released model (:mod:`deepnmf_jax.pretrained`) as a run folder: the manifest's config
+    (the run that trained it, one seed) and its weights as that run's checkpoint. Returns
+    ``(folder, manifest entry)``."""
+    import ml_collections
+
+    from deepnmf_jax import pretrained
+
+    if (folder / "config.json").exists():
+        raise ConfigError(f"{folder} already holds a run; choose another --workdir")
+    try:
+        entry = pretrained.info(name)
+        _, variables = pretrained.load(name)
+    except (KeyError, ValueError) as error:
+        raise ConfigError(str(error).strip("'\"")) from None
+    config = ml_collections.ConfigDict(entry["config"])
+    config.num_seeds, config.seed = 1, entry["seed"]
+    step = int(entry["checkpoint"].rsplit("/", 1)[-1])
+    return _write_run(config, variables, folder, step=step, epoch=entry["epoch"]), entry
+
+
+def _write_run(config, variables: dict, folder: pathlib.Path, step: int = 0, epoch: int = 0):
+    """``folder`` with ``config`` and one seed's ``variables`` saved as best/ and checkpoints/ at
+    ``step`` (the trainer's own format, so every evaluate command reads it)."""
+    spec = DATASETS[config.data.name]
     run_steps = compiled.make_steps(config, spec.num_classes, spec.image_shape, steps_per_epoch=1)
     placement = run_steps.placement
     state = run_steps.init(placement.seed_keys([config.seed]))
-    loaded = jax.tree_util.tree_map(lambda v: np.asarray(v)[None], variables["params"])
-    state = state.replace(params=placement.put_tree(loaded, placement.seeds))
+    on_seeds = lambda tree: placement.put_tree(
+        jax.tree_util.tree_map(lambda v: np.asarray(v)[None], tree), placement.seeds
+    )
+    state = state.replace(params=on_seeds(variables["params"]))
+    if variables.get("batch_stats"):
+        state = state.replace(batch_stats=on_seeds(variables["batch_stats"]))
+    if config.optim.ema_decay > 0:
+        state = state.replace(ema_params=state.params)
     folder = workdir_lib.prepare(folder)
     workdir_lib.write_config(folder, json.loads(config.to_json_best_effort()))
     checkpoints = checkpointing.Checkpoints(folder)
-    progress = checkpointing.Progress.start(1)
-    checkpointing.save_run(checkpoints, 0, state, progress, [], placement.fetch, best=True)
+    progress = dataclasses.replace(checkpointing.Progress.start(1), epoch=epoch)
+    checkpointing.save_run(checkpoints, step, state, progress, [], placement.fetch, best=True)
     checkpoints.wait()
     checkpoints.close()
     return folder

@@ -127,7 +127,8 @@ def open_run(
     data_overrides: dict | None = None,
 ) -> TrainedRun:
     """Opens a run for evaluation (module docstring). ``data_overrides`` replace keys of
-    ``config.data`` (``data_dir``, ``source``: where the data is on this machine)."""
+    ``config.data`` (``data_dir``, ``source``: where the data is on this machine); another
+    ``source`` than the run's drops its validation split."""
     folder = pathlib.Path(folder)
     config = read_config(folder)
     if not _candidates(folder, checkpoint):  # before anything is compiled
@@ -140,7 +141,12 @@ def open_run(
         config.distributed.auto_detect = False
         if eval_batch_size:
             config.eval_batch_size = eval_batch_size
-        for key, value in (data_overrides or {}).items():
+        overrides = dict(data_overrides or {})
+        if overrides.get("source", config.data.source) != config.data.source:
+            # other data than the run's: its validation split (a slice of its own training
+            # images) means nothing there, and may not fit (5,000 of the bundled sample's 1,000)
+            config.data.validation_size = 0
+        for key, value in overrides.items():
             config.data[key] = value
     spec = DATASETS[config.data.name]
     run_steps = compiled.make_steps(config, spec.num_classes, spec.image_shape, steps_per_epoch=1)
@@ -159,6 +165,9 @@ def evaluation_split(run: TrainedRun, split: str = "test") -> input_pipeline.Spl
         return data.test
     if split in ("val", "validation"):
         if data.validation is None:
-            raise ConfigError(f"{run.folder} was trained without a validation split")
+            raise ConfigError(
+                f"{run.folder} has no validation split here (trained without one, or --source "
+                "gave other data than the run's)"
+            )
         return data.validation
     raise ConfigError(f"--split must be test or val, got {split!r}")
