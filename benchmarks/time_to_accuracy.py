@@ -63,6 +63,7 @@ def summarize(folder: pathlib.Path, epochs: list[int]) -> dict:
         "seeds": len(history[-1]["test_accuracy"]) if history else 0,
         "at_epoch": points,
         "dead_class_channels": results.get("dead_class_channels"),
+        "dead_hidden_channels": results.get("dead_hidden_channels"),
         "curve": [float(np.mean(r["test_accuracy"])) for r in history],
         "curve_min": [float(np.min(r["test_accuracy"])) for r in history],
         "curve_max": [float(np.max(r["test_accuracy"])) for r in history],

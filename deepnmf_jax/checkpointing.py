@@ -47,7 +47,8 @@ class Progress:
     best_mean_accuracy: float = -1.0  # mean over seeds, on validation (else test) accuracy
     finished: bool = False
     stopped_because: str | None = None
-    dead_class_channels_at_init: list[int] | None = None  # per seed (None: no ReLU head)
+    # per seed, before training: reporting.dead_channels_key's channels (None: no last ReLU)
+    dead_class_channels_at_init: list[int] | None = None
 
     @classmethod
     def start(cls, num_seeds: int) -> Progress:

@@ -31,7 +31,7 @@ class Steps(NamedTuple):
     ctx: StepContext
     init: Callable  # (seed key data (seeds, 2)) -> TrainState
     train: Callable  # (state, images, labels, order) -> (state, metrics per seed)
-    predict: Callable  # (state, images) -> (probs (seeds, N, C), class maxima (seeds, C))
+    predict: Callable  # (state, images) -> (probs (seeds, N, C), rectified maxima (seeds, C'))
     end_epoch: Callable  # (state, epoch losses (seeds,)) -> state
     order: Callable  # (order key data, epoch, num_examples) -> permutation(s)
     placement: parallel.Placement

@@ -122,6 +122,9 @@ class PatchConv(nn.Module):
         (:func:`deepnmf_jax.patches.normalized_patch_map`); ``"conv"``: a convolution of the image
         divided by the patch sums, no patches at all; ``"patches"``: the reference's order,
         normalise every patch, then the linear map.
+      normalize: L1-normalise each patch (the reference; needs a non-negative input). False makes
+        it a plain convolution of the raw patches (the CNN's ``head="linear"``, on an input of both
+        signs); ``method`` is then ignored.
     """
 
     features: int
@@ -131,6 +134,7 @@ class PatchConv(nn.Module):
     groups: int = 1
     use_bias: bool = True
     method: Literal["matmul", "conv", "patches"] = "matmul"
+    normalize: bool = True
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -150,7 +154,10 @@ class PatchConv(nn.Module):
             patches.kernel_shape(in_features, self.features, self.groups),
             self.param_dtype,
         ).astype(x.dtype)
-        if self.method in patches.LINEAR_MAPS:
+        if not self.normalize:
+            patch_features = extract_patches(x, self.kernel_size, self.strides, self.padding)
+            y = grouped_linear(patch_features, kernel)
+        elif self.method in patches.LINEAR_MAPS:
             y = patches.normalized_patch_map(x, kernel, geometry, self.groups, self.method)
         else:
             patch_features = extract_patches(x, self.kernel_size, self.strides, self.padding)

@@ -53,7 +53,8 @@ HEADS = ("reference", "linear")
 class Block(nn.Module):
     """One block of the network (module docstring). Returns (output, intermediates).
 
-    ``normalize_mix_input=False`` makes the b-layer a plain 1x1 convolution (see ``head``)."""
+    ``normalize_mix_input=False`` makes the b-layer a plain 1x1 convolution, ``plain_a=True`` the
+    a-layer (CNN only) a plain convolution of the un-rectified input (see ``head``)."""
 
     spec: BlockSpec
     a_layer: Literal["nmf", "conv"]
@@ -62,19 +63,31 @@ class Block(nn.Module):
     batch_norm: Literal["batch", "running"] = "batch"
     patch_conv: Literal["matmul", "conv", "patches"] = "matmul"
     normalize_mix_input: bool = True
+    plain_a: bool = False
     probes: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
         spec = self.spec
-        x = nn.relu(x)
+        if self.plain_a and self.a_layer != "conv":
+            raise ValueError(
+                "plain_a needs a convolutional a-layer (an NMF layer needs inputs >= 0)"
+            )
+        if not self.plain_a:
+            x = nn.relu(x)
         geometry = (spec.features, spec.kernel_size, spec.strides, spec.padding)
         if self.a_layer == "nmf":
             a = layers.NMFConv(
                 *geometry, self.nmf_options, groups=spec.groups, probes=self.probes, name="a"
             )(x)
         elif self.a_layer == "conv":
-            a = layers.PatchConv(*geometry, groups=spec.groups, method=self.patch_conv, name="a")(x)
+            a = layers.PatchConv(
+                *geometry,
+                groups=spec.groups,
+                method=self.patch_conv,
+                normalize=not self.plain_a,
+                name="a",
+            )(x)
         else:
             raise ValueError(f"a_layer must be one of {A_LAYERS}, got {self.a_layer!r}")
         with_bn = a.shape[1] * a.shape[2] > 1  # the reference's "no BatchNorm at 1x1" rule
@@ -99,11 +112,13 @@ class DeepNMF(nn.Module):
     NMF layer the final codes h, NHWC) and ``["out"]`` the block's output (after pooling).
 
     Attributes:
-      head: ``"reference"``: the last block's b-layer rectifies and L1-normalises the class
-        channels before its 1x1 convolution, as every b-layer does; ``"linear"``: a plain 1x1
-        convolution there. In CNN+1x1 a class channel that is negative on every image gets no
-        gradient through the ReLU and can stay dead; NMF codes are non-negative and sum to 1, so
-        for CNMF+1x1 the two heads compute the same function. No effect without b-layers.
+      head: ``"reference"``: the last layer rectifies and L1-normalises its input, as every layer
+        does; ``"linear"``: a plain convolution there. With b-layers that is the last 1x1 layer:
+        in CNN+1x1 a class channel that is negative on every image gets no gradient through the
+        ReLU and can stay dead; NMF codes are non-negative and sum to 1, so for CNMF+1x1 the two
+        heads compute the same function. In the plain CNN it is the last block's a-layer, whose
+        input channels (the previous block's outputs) die the same way. The plain CNMF has no
+        linear head: its last layer is an NMF layer, which needs a non-negative input.
 
     Computation runs in the images' dtype (float32 by default; float64 throughout for float64 images
     and variables).
@@ -145,6 +160,7 @@ class DeepNMF(nn.Module):
                 self.batch_norm,
                 self.patch_conv,
                 normalize_mix_input=not (last and self.head == "linear"),
+                plain_a=last and self.head == "linear" and not self.mix,
                 probes=self.probes,
                 name=f"block{index}",
             )(x, train)
@@ -155,6 +171,27 @@ class DeepNMF(nn.Module):
             )
         probs = nn.softmax(x.reshape(x.shape[0], x.shape[-1]), axis=-1)
         return (probs, intermediates) if return_intermediates else probs
+
+
+def rectified_channels(model: DeepNMF) -> Literal["class", "hidden"] | None:
+    """Which channels pass the last ReLU before the class scores, where one that is <= 0 on every
+    image gets no gradient and can stay dead: ``"class"`` (the class channels entering the last
+    1x1 layer of a +1x1 model with the reference head), ``"hidden"`` (the previous block's outputs
+    entering the last block of a model without b-layers), or None (a linear head: no such ReLU)."""
+    if model.mix:
+        return "class" if model.head == "reference" else None
+    if (model.a_layer == "conv" and model.head == "linear") or len(model.blocks) < 2:
+        return None
+    return "hidden"
+
+
+def rectified_inputs(model: DeepNMF, intermediates: dict) -> jax.Array:
+    """(N, H, W, C) values of the channels that :func:`rectified_channels` names, before the
+    ReLU (the last a-layer's output where there is none)."""
+    last = len(model.blocks)
+    if rectified_channels(model) == "hidden":
+        return intermediates[f"block{last - 1}"]["out"]
+    return intermediates[f"block{last}"]["a"]
 
 
 PAPER_MODELS = {
@@ -241,6 +278,11 @@ def build_model(
         raise ValueError(f"batch_norm must be one of {layers.BATCH_NORM_MODES}, got {batch_norm!r}")
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if head == "linear" and name == "cnmf":
+        raise ValueError(
+            "head='linear' is not defined for 'cnmf': its last layer is an NMF layer, which needs "
+            "a non-negative input"
+        )
     a_groups = groups if groups_nmf is None else groups_nmf
     mix_groups = groups if groups_mix is None else groups_mix
     return DeepNMF(

@@ -87,9 +87,10 @@ def epoch_record(
     val_accuracy,
     learning_rates,
     lr_scale,
-    dead_class_channels,
+    dead_channels,
 ) -> dict:
-    """One line of ``metrics.jsonl``: every metric per seed (``stats`` is an ``EpochStats``)."""
+    """One line of ``metrics.jsonl``: every metric per seed (``stats`` is an ``EpochStats``).
+    ``dead_channels``: (kind, count per seed) of :func:`dead_channels_key`'s channels."""
     record = {
         "epoch": epoch,
         "train_loss": (stats.loss_sum / num_train).tolist(),
@@ -103,8 +104,9 @@ def epoch_record(
     }
     if val_accuracy is not None:
         record["val_accuracy"] = np.asarray(val_accuracy, np.float64).tolist()
-    if dead_class_channels is not None:
-        record["dead_class_channels"] = dead_class_channels
+    kind, counts = dead_channels
+    if kind is not None:
+        record[dead_channels_key(kind)] = counts
     return record
 
 
@@ -128,10 +130,11 @@ def log_epoch(record: dict, seeds: list[int]) -> None:
     )
 
 
-def head_rectifies_classes(model) -> bool:
-    """Whether the class channels pass a ReLU before the last layer (the +1x1 models with the
-    reference head), so that a channel <= 0 on every image is dead."""
-    return bool(model.mix) and model.head == "reference"
+def dead_channels_key(kind: str | None) -> str:
+    """The metric of the channels <= 0 on every test image before the last ReLU
+    (:func:`deepnmf_jax.models.rectified_channels`): ``dead_class_channels`` (+1x1 models) or
+    ``dead_hidden_channels`` (models without b-layers)."""
+    return f"dead_{kind or 'class'}_channels"
 
 
 def param_counts(model, params) -> dict:
@@ -150,6 +153,7 @@ def finish(config, workdir: pathlib.Path, data, model, history: list[dict], prog
     seeds = [config.seed + k for k in range(config.num_seeds)]
     schedule = optim.Schedule(config.optim, 1, config.num_epochs, config.batch_size)
     image_shape = (config.augment.crop_size, config.augment.crop_size, data.train.images.shape[-1])
+    dead_key = dead_channels_key(models.rectified_channels(model))
     results = {
         "model": config.model.name,
         "config": json.loads(config.to_json_best_effort()),
@@ -166,9 +170,9 @@ def finish(config, workdir: pathlib.Path, data, model, history: list[dict], prog
         "epochs_completed": progress.epoch,
         "stopped_because": progress.stopped_because or "unknown",
         "train_time_s": float(sum(r["epoch_time_s"] for r in history)),
-        "dead_class_channels": {
+        dead_key: {
             "at_init": progress.dead_class_channels_at_init,
-            "final": history[-1].get("dead_class_channels"),
+            "final": history[-1].get(dead_key),
         },
         **summarize(history, seeds, schedule.finished),
     }

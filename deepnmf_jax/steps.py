@@ -175,8 +175,8 @@ def eval_params(ctx: StepContext, state: TrainState):
 def _predict_batch(ctx: StepContext, state: TrainState, images):
     batch = augment.preprocess_for_eval(images, ctx.input_shape[0])
     probs, inter, _ = _apply(ctx, eval_params(ctx, state), state.batch_stats, batch, train=False)
-    last = inter[f"block{len(ctx.model.blocks)}"]["a"]  # (B, 1, 1, classes): the class channels
-    return probs, jnp.max(last.reshape(last.shape[0], -1), axis=0)
+    rectified = models.rectified_inputs(ctx.model, inter)  # (B, H, W, C) before the last ReLU
+    return probs, jnp.max(rectified.reshape(-1, rectified.shape[-1]), axis=0)
 
 
 def predict(ctx: StepContext, state: TrainState, images):
@@ -184,8 +184,9 @@ def predict(ctx: StepContext, state: TrainState, images):
     uses each batch's statistics by default, as the reference); the last batch may be smaller.
 
     Returns:
-      (probs (N, classes), class_channel_max (classes,)): the largest value of each class channel of
-      the last a-layer over the split (a channel <= 0 everywhere is dead behind a ReLU).
+      (probs (N, classes), channel_max (C,)): the largest value over the split of each channel
+      that passes the last ReLU before the class scores (:func:`models.rectified_channels`; a
+      channel <= 0 everywhere is dead behind it).
     """
     size = ctx.eval_batch_size
     full = (images.shape[0] // size) * size

@@ -30,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from deepnmf_jax import checkpointing, compiled, input_pipeline, parallel, reporting
+from deepnmf_jax import checkpointing, compiled, input_pipeline, models, parallel, reporting
 from deepnmf_jax import epoch as epoch_lib
 from deepnmf_jax import steps as steps_lib
 from deepnmf_jax import workdir as workdir_lib
@@ -179,7 +179,7 @@ def _resume_or_start(run: Run) -> tuple[steps_lib.TrainState, Progress, list[dic
         )
     else:
         progress, history = Progress.start(len(run.seeds)), []
-        dead = _dead_class_channels(run, state)
+        dead = _dead_channels(run, state)
         progress = dataclasses.replace(progress, dead_class_channels_at_init=dead)
     if parallel.is_primary():  # metrics.jsonl mirrors the history: later or torn lines go
         reporting.rewrite_history(run.workdir, history)
@@ -193,17 +193,18 @@ def _count(steps: compiled.Steps, state) -> str:
     )
 
 
-def _dead_class_channels(run: Run, state) -> list[int] | None:
-    """Per seed, class channels that are <= 0 on every test image before a ReLU (None where the
-    model's head has no ReLU on its class channels)."""
-    if not reporting.head_rectifies_classes(run.steps.ctx.model):
+def _dead_channels(run: Run, state) -> list[int] | None:
+    """Per seed, the channels before the last ReLU (:func:`models.rectified_channels`) that are
+    <= 0 on every test image (None where the model has no such ReLU)."""
+    if models.rectified_channels(run.steps.ctx.model) is None:
         return None
     _, maxima = run.steps.placement.fetch(run.steps.predict(state, run.splits["test"][0]))
     return np.sum(maxima <= 0, axis=-1).astype(int).tolist()
 
 
 def evaluate(run: Run, state, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(accuracy per seed, class-channel maxima per seed) on a split already on the devices."""
+    """(accuracy per seed, maxima of the last ReLU's input channels per seed) on a split already
+    on the devices."""
     images, labels = run.splits[split]
     probs, maxima = run.steps.placement.fetch(run.steps.predict(state, images))
     return np.mean(np.argmax(probs, -1) == labels, axis=-1), maxima
@@ -232,10 +233,9 @@ def end_epoch(run: Run, state, progress: Progress, stats: epoch_lib.EpochStats):
         val_accuracy=val_accuracy,
         learning_rates=schedule.rates(float(np.max(scales)) * _multiplier(schedule, first_step)),
         lr_scale=scales,
-        dead_class_channels=(
-            np.sum(maxima <= 0, -1).astype(int).tolist()
-            if reporting.head_rectifies_classes(steps.ctx.model)
-            else None
+        dead_channels=(
+            models.rectified_channels(steps.ctx.model),
+            np.sum(maxima <= 0, -1).astype(int).tolist(),
         ),
     )
     # best/ is chosen on validation accuracy where there is a validation split

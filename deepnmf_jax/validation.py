@@ -114,10 +114,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"config.optim.warmup_epochs = {optim_config.warmup_epochs} must be less than "
                 f"num_epochs = {config.num_epochs} (the schedule spans num_epochs)"
             )
-    if config.model.head == "linear" and not models.PAPER_MODELS[config.model.name]["mix"]:
+    kind = models.PAPER_MODELS[config.model.name]
+    if config.model.head == "linear" and kind["a_layer"] == "nmf" and not kind["mix"]:
         raise ConfigError(
-            f"config.model.head = 'linear' changes the last 1x1 layer, which model "
-            f"{config.model.name!r} does not have; use a +1x1 model or head = 'reference'"
+            f"config.model.head = 'linear' makes the last layer a plain convolution, but model "
+            f"{config.model.name!r} ends with an NMF layer (non-negative inputs only); use "
+            "head = 'reference'"
         )
 
 

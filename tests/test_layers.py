@@ -92,6 +92,17 @@ def test_patch_conv_is_linear_map_of_l1_normalised_patches_with_torch_init(getke
     expected = patches / patches.sum(-1, keepdims=True) @ kernel.astype(jnp.float64)
     expected = expected + bias.astype(jnp.float64)[None, None, None]
     np.testing.assert_allclose(layer.apply(variables, x), expected, rtol=1e-13)
+    # normalize=False: the same parameters, a plain convolution of the raw patches (any sign)
+    plain = layers.PatchConv(features=4, kernel_size=3, normalize=False)
+    signed = x - 0.5
+    expected = patches @ kernel.astype(jnp.float64) + bias.astype(jnp.float64)[None, None, None]
+    np.testing.assert_allclose(plain.apply(variables, x), expected, rtol=1e-13)
+    np.testing.assert_allclose(
+        plain.apply(variables, signed) - bias.astype(jnp.float64)[None, None, None],
+        layers.extract_patches(signed, 3) @ kernel.astype(jnp.float64),
+        rtol=1e-12,
+        atol=1e-14,
+    )
 
 
 def test_mix1x1_starts_near_identity_on_rectified_normalised_input(getkey):

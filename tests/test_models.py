@@ -231,6 +231,52 @@ def test_linear_head(getkey):
         models.build_model("cnn_1x1", head="plain")
 
 
+def test_linear_head_of_the_plain_cnn(getkey):
+    """head="linear" in the CNN: the last block (1x1, class channels) is a plain convolution of
+    block 3's outputs of both signs, without the ReLU and the L1 normalisation; the same
+    parameters. The plain CNMF has none (its last layer is an NMF layer)."""
+    images = jax.random.uniform(getkey(), (4, 28, 28, 3), jnp.float64)
+    reference_head = models.build_model("cnn", width=0.25)
+    linear_head = models.build_model("cnn", width=0.25, head="linear")
+    init = jax.jit(functools.partial(reference_head.init, train=False))
+    variables = init(getkey(), images.astype(jnp.float32))
+    variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), variables)
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
+        jax.eval_shape(functools.partial(linear_head.init, train=False), getkey(), images)
+    )
+    _, inter = jax.jit(
+        lambda v, x: reference_head.apply(v, x, train=False, return_intermediates=True)
+    )(variables, images)
+    p_lin = jax.jit(lambda v, x: linear_head.apply(v, x, train=False))(variables, images)
+    hidden = inter["block3"]["out"][:, 0, 0]  # (4, 24): block 3 reduces the image to 1x1
+    assert np.any(hidden < 0)
+    kernel = variables["params"]["block4"]["a"]["kernel"]
+    bias = variables["params"]["block4"]["a"]["bias"]
+    np.testing.assert_allclose(
+        p_lin, jax.nn.softmax(hidden @ kernel + bias[None], axis=-1), rtol=1e-12
+    )
+    with pytest.raises(ValueError, match="not defined for 'cnmf'"):
+        models.build_model("cnmf", head="linear")
+
+
+def test_which_channels_pass_the_last_relu():
+    expected = {
+        ("cnn", "reference"): "hidden",
+        ("cnmf", "reference"): "hidden",
+        ("cnn_1x1", "reference"): "class",
+        ("cnmf_1x1", "reference"): "class",
+        ("cnn", "linear"): None,
+        ("cnn_1x1", "linear"): None,
+        ("cnmf_1x1", "linear"): None,
+    }
+    for (name, head), kind in expected.items():
+        model = models.build_model(name, width=0.25, head=head)
+        assert models.rectified_channels(model) == kind, (name, head)
+    inter = {"block3": {"out": "block 3's output"}, "block4": {"a": "the class channels"}}
+    assert models.rectified_inputs(models.build_model("cnn"), inter) == "block 3's output"
+    assert models.rectified_inputs(models.build_model("cnn_1x1"), inter) == "the class channels"
+
+
 @functools.cache
 def _state_dicts():
     return dict(np.load(FIXTURES / "reference_state_dicts.npz"))

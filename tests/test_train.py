@@ -80,6 +80,34 @@ def test_smoke_every_model(tmp_path, name):
     assert (tmp_path / "learning_curves.png").stat().st_size > 10_000
     assert any((tmp_path / "tensorboard").iterdir())
     assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "best").is_dir()
+    # channels <= 0 on every test image before the last ReLU, counted again here with model.apply
+    config = tiny_config(**{"model.name": name})
+    key = "dead_class_channels" if name.endswith("_1x1") else "dead_hidden_channels"
+    assert saved[key]["final"] == record[key] == [_dead_channels(config, tmp_path, key)]
+    assert len(saved[key]["at_init"]) == 1
+
+
+def _dead_channels(config, workdir, key) -> int:
+    """Channels before the last ReLU (the last block's class channels in +1x1 models, the
+    previous block's outputs in the others) that are <= 0 on all test images, in the run's
+    evaluation batches (BatchNorm uses each batch's statistics)."""
+    from deepnmf_jax import augment, input_pipeline
+
+    model = steps.model_from_config(config, 10, 3)
+    params = jax.tree_util.tree_map(lambda a: a[0], final_state(workdir)["params"])
+    test = input_pipeline.load_for_config(config).test
+    images = augment.preprocess_for_eval(jnp.asarray(test.images), config.augment.crop_size)
+    apply = jax.jit(
+        lambda x: model.apply({"params": params}, x, train=False, return_intermediates=True)[1]
+    )
+    last = len(model.blocks)
+    maxima = []
+    for start in range(0, len(images), config.eval_batch_size):
+        inter = apply(images[start : start + config.eval_batch_size])
+        block, value = (last, "a") if key == "dead_class_channels" else (last - 1, "out")
+        x = inter[f"block{block}"][value]
+        maxima.append(np.max(np.asarray(x).reshape(-1, x.shape[-1]), axis=0))
+    return int(np.sum(np.max(maxima, axis=0) <= 0))
 
 
 def test_two_seeds_equal_two_single_seed_runs(tmp_path):

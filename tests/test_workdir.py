@@ -189,7 +189,7 @@ def test_ctrl_c_with_the_output_pipe_closed_still_saves_and_exits_130(tmp_path):
             r"final_lr_fraction must be in \(0, 1\] for onecycle, got 0\.0",
         ),
         ({"model.groups_mix": 0}, r"config\.model\.groups_mix must be >= 1, got 0"),
-        ({"model.name": "cnn", "model.head": "linear"}, r"model 'cnn' does not have"),
+        ({"model.name": "cnmf", "model.head": "linear"}, r"'cnmf' ends with an NMF layer"),
     ],
 )
 def test_bad_values_are_named_with_their_allowed_range(overrides, message):
