@@ -105,8 +105,8 @@ def _suite(seeds, uniform, clean, levels=(0.0, 0.25, 0.5)):
 
 def test_noise_results_pool_seeds_of_a_variant_by_hand(tmp_path):
     assert noise_report.curve_label(tmp_path / "model=cnn,seed=21", "cnn", True) == "model=cnn"
-    assert noise_report.curve_label(tmp_path / "seed=3", "cnmf", True) == "cnmf"
-    assert noise_report.curve_label(tmp_path / "run_a", "cnmf", False) == "cnmf"
+    assert noise_report.curve_label(tmp_path / "seed=3", "cnmf", True) == "model=cnmf"
+    assert noise_report.curve_label(tmp_path / "run_a", "cnmf", False) == "model=cnmf"
     a = _suite([21], [[0.5], [0.25], [0.0]], [0.5])
     b = _suite([22, 23], [[0.75, 1.0], [0.5, 0.5], [0.25, 0.0]], [0.75, 1.0])
     pooled = noise_report.pool("cnn", [(tmp_path / "a", a), (tmp_path / "b", b)])
@@ -172,7 +172,7 @@ def test_noise_suite_on_a_sweep_draws_the_same_noise_for_every_model(local_sweep
     ]
     table = (folder / "noise.md").read_text()
     assert "| model=cnmf | 21, 22 |" in table and "uniform eta 0.25 / 0.5" in table
-    # runs in separate folders pool the same way (here outside a sweep: by model name); a suite
+    # runs in separate folders pool the same way (outside a sweep: by model name); a suite
     # asked the same is reused, not run again
     pooled_dir = folder.parent / "pooled_noise"
     runs_args = ("--workdir", folder / CNMF, "--workdir", folder / "model=cnmf,seed=22")
@@ -180,8 +180,8 @@ def test_noise_suite_on_a_sweep_draws_the_same_noise_for_every_model(local_sweep
     assert code == 0 and output.count("reused") == 2 and "uniform level" not in output, output
     again = json.loads((pooled_dir / "noise.json").read_text())
     assert (
-        list(again) == ["cnmf"]
-        and again["cnmf"]["corruptions"] == pooled["model=cnmf"]["corruptions"]
+        list(again) == ["model=cnmf"]
+        and again["model=cnmf"]["corruptions"] == pooled["model=cnmf"]["corruptions"]
     )
     code, output = _evaluate(
         *options, "--limit", "20", "--workdir", folder / CNMF

@@ -3,7 +3,7 @@ one or more runs, e.g. seed 21 in one sweep folder and seed 22 in another), the 
 Markdown table at chosen levels.
 
 A curve's label is the run's variant name in its sweep without its ``seed=`` part (``model=cnn,seed=21``
-and ``model=cnn,seed=22`` are one curve), or the model's name for a run outside a sweep.
+and ``model=cnn,seed=22`` are one curve), or ``model=<name>`` for a run outside a sweep.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from deepnmf_jax.evaluate import corruptions
 
 
 def curve_label(folder: pathlib.Path, model_name: str, in_sweep: bool) -> str:
-    """``model=cnmf,seed=21`` -> ``model=cnmf``; outside a sweep the model's name."""
-    if not in_sweep:
-        return model_name
+    """``model=cnmf,seed=21`` -> ``model=cnmf``; outside a sweep ``model=<its model>``, as a Fig. 5
+    sweep names its variants (so a run trained or imported on its own pools with them)."""
     parts = [part for part in folder.name.split(",") if not part.startswith("seed=")]
-    return ",".join(parts) or model_name
+    return ",".join(parts) if in_sweep and parts else f"model={model_name}"
 
 
 _SAME = ("test_images", "seed", "num_classes")
