@@ -173,6 +173,13 @@ class DeepNMF(nn.Module):
         return (probs, intermediates) if return_intermediates else probs
 
 
+def has_linear_head(name: str) -> bool:
+    """Whether ``head="linear"`` is defined for a paper model: not for the plain CNMF, whose last
+    layer is an NMF layer (non-negative inputs only)."""
+    kind = PAPER_MODELS[name]
+    return kind["mix"] or kind["a_layer"] == "conv"
+
+
 def rectified_channels(model: DeepNMF) -> Literal["class", "hidden"] | None:
     """Which channels pass the last ReLU before the class scores, where one that is <= 0 on every
     image gets no gradient and can stay dead: ``"class"`` (the class channels entering the last
@@ -278,7 +285,7 @@ def build_model(
         raise ValueError(f"batch_norm must be one of {layers.BATCH_NORM_MODES}, got {batch_norm!r}")
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    if head == "linear" and name == "cnmf":
+    if head == "linear" and not has_linear_head(name):
         raise ValueError(
             "head='linear' is not defined for 'cnmf': its last layer is an NMF layer, which needs "
             "a non-negative input"

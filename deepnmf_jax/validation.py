@@ -114,8 +114,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"config.optim.warmup_epochs = {optim_config.warmup_epochs} must be less than "
                 f"num_epochs = {config.num_epochs} (the schedule spans num_epochs)"
             )
-    kind = models.PAPER_MODELS[config.model.name]
-    if config.model.head == "linear" and kind["a_layer"] == "nmf" and not kind["mix"]:
+    if config.model.head == "linear" and not models.has_linear_head(config.model.name):
         raise ConfigError(
             f"config.model.head = 'linear' makes the last layer a plain convolution, but model "
             f"{config.model.name!r} ends with an NMF layer (non-negative inputs only); use "

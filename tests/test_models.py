@@ -202,31 +202,43 @@ def test_parameter_breakdown_and_separate_groups():
     assert counts["conv"] == 153_066 + 14_638 and counts["total"] == PAPER_COUNTS["cnn_1x1"]
 
 
+def _both_heads(key, name, images, **options):
+    """(variables in float64, reference-head probabilities and intermediates, linear-head
+    probabilities) of one set of parameters, which both heads share."""
+    reference_head = models.build_model(name, width=0.25, **options)
+    linear_head = models.build_model(name, width=0.25, head="linear", **options)
+    init = jax.jit(functools.partial(reference_head.init, train=False))  # not op by op
+    variables = init(key, images.astype(jnp.float32))
+    variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), variables)
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
+        jax.eval_shape(functools.partial(linear_head.init, train=False), key, images)
+    )
+    p_ref, inter = jax.jit(
+        lambda v, x: reference_head.apply(v, x, train=False, return_intermediates=True)
+    )(variables, images)
+    p_lin = jax.jit(lambda v, x: linear_head.apply(v, x, train=False))(variables, images)
+    return variables, p_ref, inter, p_lin
+
+
+def _assert_plain_layer(probs, inputs, layer_params):
+    """``probs`` are the softmax of a plain linear layer of ``inputs`` (N, C), some negative."""
+    assert np.any(inputs < 0)
+    logits = inputs @ layer_params["kernel"] + layer_params["bias"][None]
+    np.testing.assert_allclose(probs, jax.nn.softmax(logits, axis=-1), rtol=1e-12)
+
+
 def test_linear_head(getkey):
     """head="linear": the last 1x1 layer without ReLU and L1. For CNMF+1x1 (non-negative codes
     summing to 1) the same function as the reference head; for CNN+1x1 a negative class channel
     then reaches the output."""
     images = jax.random.uniform(getkey(), (4, 28, 28, 3), jnp.float64)
     for name in ("cnmf_1x1", "cnn_1x1"):
-        reference_head = models.build_model(name, width=0.25, iterations=3)
-        linear_head = models.build_model(name, width=0.25, iterations=3, head="linear")
-        init = jax.jit(functools.partial(reference_head.init, train=False))  # not op by op
-        variables = init(getkey(), images.astype(jnp.float32))
-        variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), variables)
-        p_ref, inter = jax.jit(
-            lambda v, x, m=reference_head: m.apply(v, x, train=False, return_intermediates=True)
-        )(variables, images)
-        p_lin = jax.jit(lambda v, x, m=linear_head: m.apply(v, x, train=False))(variables, images)
+        variables, p_ref, inter, p_lin = _both_heads(getkey(), name, images, iterations=3)
         if name == "cnmf_1x1":
             np.testing.assert_allclose(p_lin, p_ref, rtol=1e-12)
         else:
             classes = inter["block4"]["a"][:, 0, 0]  # the CNN's class channels, both signs
-            assert np.any(classes < 0)
-            kernel = variables["params"]["block4"]["b"]["kernel"]
-            bias = variables["params"]["block4"]["b"]["bias"]
-            np.testing.assert_allclose(
-                p_lin, jax.nn.softmax(classes @ kernel + bias[None], axis=-1), rtol=1e-12
-            )
+            _assert_plain_layer(p_lin, classes, variables["params"]["block4"]["b"])
     with pytest.raises(ValueError, match="head must be one of"):
         models.build_model("cnn_1x1", head="plain")
 
@@ -236,25 +248,9 @@ def test_linear_head_of_the_plain_cnn(getkey):
     block 3's outputs of both signs, without the ReLU and the L1 normalisation; the same
     parameters. The plain CNMF has none (its last layer is an NMF layer)."""
     images = jax.random.uniform(getkey(), (4, 28, 28, 3), jnp.float64)
-    reference_head = models.build_model("cnn", width=0.25)
-    linear_head = models.build_model("cnn", width=0.25, head="linear")
-    init = jax.jit(functools.partial(reference_head.init, train=False))
-    variables = init(getkey(), images.astype(jnp.float32))
-    variables = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), variables)
-    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(
-        jax.eval_shape(functools.partial(linear_head.init, train=False), getkey(), images)
-    )
-    _, inter = jax.jit(
-        lambda v, x: reference_head.apply(v, x, train=False, return_intermediates=True)
-    )(variables, images)
-    p_lin = jax.jit(lambda v, x: linear_head.apply(v, x, train=False))(variables, images)
+    variables, _, inter, p_lin = _both_heads(getkey(), "cnn", images)
     hidden = inter["block3"]["out"][:, 0, 0]  # (4, 24): block 3 reduces the image to 1x1
-    assert np.any(hidden < 0)
-    kernel = variables["params"]["block4"]["a"]["kernel"]
-    bias = variables["params"]["block4"]["a"]["bias"]
-    np.testing.assert_allclose(
-        p_lin, jax.nn.softmax(hidden @ kernel + bias[None], axis=-1), rtol=1e-12
-    )
+    _assert_plain_layer(p_lin, hidden, variables["params"]["block4"]["a"])
     with pytest.raises(ValueError, match="not defined for 'cnmf'"):
         models.build_model("cnmf", head="linear")
 
