@@ -145,8 +145,13 @@ def param_counts(model, params) -> dict:
 
 
 def finish(config, workdir: pathlib.Path, data, model, history: list[dict], progress) -> dict:
-    """Writes ``results.json`` and the learning curves from the in-memory history."""
-    from deepnmf_jax import models, optim, plots
+    """Writes ``results.json`` and the learning curves from the in-memory history.
+
+    ``machine`` is the machine that wrote it (CPU model, devices, versions): float32 training is
+    bit-exact on one machine, not across CPU types, so a number is only reproducible with it. A run
+    resumed elsewhere trained its earlier epochs on another machine.
+    """
+    from deepnmf_jax import benchmarking, models, optim, plots
 
     if not history:
         raise RuntimeError(f"{workdir} has no epochs to report")
@@ -159,6 +164,7 @@ def finish(config, workdir: pathlib.Path, data, model, history: list[dict], prog
         "config": json.loads(config.to_json_best_effort()),
         "version": _version(),
         "git_commit": git_commit(pathlib.Path(__file__).resolve().parent),
+        "machine": benchmarking.machine_info(),
         "dataset": {
             "name": data.name,
             "source": data.source,

@@ -72,6 +72,14 @@ def test_smoke_every_model(tmp_path, name):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["model"] == name and saved["epochs_completed"] == 1
     assert saved["version"] and saved["config"]["model"]["name"] == name
+    cpu_models = {
+        line.split(":", 1)[1].strip()
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("model name")
+    }
+    machine = saved["machine"]
+    assert machine["cpu"] in cpu_models and machine["jax"] == jax.__version__
+    assert machine["devices"] == [str(d) for d in jax.devices()]
     accuracy = saved["per_seed"][0]["final_test_accuracy"]
     assert 0 <= accuracy <= 1 and saved["final_test_accuracy"]["mean"] == accuracy
     assert results["per_seed"] == saved["per_seed"]
