@@ -43,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The last block's 1x1 layer: "reference" (ReLU + L1 over the class channels first, where a
     # class channel negative on every image gets no gradient) | "linear" (a plain 1x1 conv)
     config.model.head = "reference"
+    # BatchNorm in front of every ReLU at 1x1 too (blocks 3-4; the reference has none there, and a
+    # channel <= 0 on every image then gets no gradient and can stay dead, e.g. CNN+1x1's block 3)
+    config.model.batch_norm_1x1 = False
     config.model.check_inputs = False  # checkify: NaN/negative NMF inputs stop the step, named
 
     config.data = ml_collections.ConfigDict()

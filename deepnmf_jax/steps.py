@@ -80,6 +80,7 @@ def model_from_config(config, num_classes: int, input_channels: int | None) -> m
         batch_norm=m.batch_norm,
         patch_conv=m.patch_conv,
         head=m.head,
+        batch_norm_1x1=m.batch_norm_1x1,
     )
 
 

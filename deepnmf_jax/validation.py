@@ -50,6 +50,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     choose(config.loss, losses.LOSSES, "config.loss")
     choose(config.augment.granularity, augment.GRANULARITIES, "config.augment.granularity")
     choose(config.model.head, models.HEADS, "config.model.head")
+    choose(config.model.batch_norm_1x1, (False, True), "config.model.batch_norm_1x1")
     choose(config.optim.schedule, optim.SCHEDULES, "config.optim.schedule")
     choose(config.optim.lr_batch_scaling, optim.LR_BATCH_SCALINGS, "config.optim.lr_batch_scaling")
     for name in (

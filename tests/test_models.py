@@ -262,12 +262,15 @@ def test_which_channels_pass_the_last_relu():
         ("cnn_1x1", "reference"): "class",
         ("cnmf_1x1", "reference"): "class",
         ("cnn", "linear"): None,
-        ("cnn_1x1", "linear"): None,
-        ("cnmf_1x1", "linear"): None,
+        # the linear head's last a-layer still rectifies block 3's outputs
+        ("cnn_1x1", "linear"): "hidden",
+        ("cnmf_1x1", "linear"): "hidden",
     }
     for (name, head), kind in expected.items():
         model = models.build_model(name, width=0.25, head=head)
         assert models.rectified_channels(model) == kind, (name, head)
+        normed = models.build_model(name, width=0.25, head=head, batch_norm_1x1=True)
+        assert models.rectified_channels(normed) is None, (name, head)
     inter = {"block3": {"out": "block 3's output"}, "block4": {"a": "the class channels"}}
     assert models.rectified_inputs(models.build_model("cnn"), inter) == "block 3's output"
     assert models.rectified_inputs(models.build_model("cnn_1x1"), inter) == "the class channels"
@@ -296,3 +299,34 @@ def test_a_real_reference_state_dict_loads_and_gives_the_reference_probabilities
         ValueError, match=rf"(not parameters of a reference|do not match model) '{other}'"
     ):
         reference.load_reference_params(other, state_dict)
+
+
+def test_batch_norm_1x1_goes_in_front_of_every_relu_at_1x1_and_centres_its_channels(getkey):
+    """Blocks 3 and 4 are at 1x1, where the reference has no BatchNorm; the option adds one after
+    each layer whose output a ReLU takes next, and none on the class scores."""
+    expected = {  # (name, head) -> the BatchNorms of blocks 3 and 4
+        ("cnn_1x1", "reference"): {"block3": {"a_bn", "b_bn"}, "block4": {"a_bn"}},
+        ("cnmf_1x1", "reference"): {"block3": {"a_bn", "b_bn"}, "block4": {"a_bn"}},
+        ("cnn_1x1", "linear"): {"block3": {"a_bn", "b_bn"}, "block4": set()},
+        ("cnn", "reference"): {"block3": {"a_bn"}, "block4": set()},
+        ("cnmf", "reference"): {"block3": {"a_bn"}, "block4": set()},
+        ("cnn", "linear"): {"block3": set(), "block4": set()},  # block 4 takes block 3 raw
+    }
+    images = jax.random.uniform(jax.random.key(0), (8, 28, 28, 3), jnp.float64)
+    for (name, head), norms in expected.items():
+        for option in (False, True):
+            model = models.build_model(name, width=0.25, head=head, batch_norm_1x1=option)
+            shapes = jax.eval_shape(functools.partial(model.init, train=False), getkey(), images)
+            for block, names in norms.items():
+                found = {k for k in shapes["params"][block] if k.endswith("_bn")}
+                assert found == (names if option else set()), (name, head, option, block)
+    model = models.build_model("cnn_1x1", width=0.25, batch_norm_1x1=True)
+    variables = jax.jit(functools.partial(model.init, train=False))(getkey(), images)
+    _, inter = jax.jit(lambda v, x: model.apply(v, x, train=False, return_intermediates=True))(
+        variables, images
+    )
+    hidden = np.asarray(inter["block3"]["out"][:, 0, 0])  # (8, 24): BatchNorm of the batch
+    np.testing.assert_allclose(hidden.mean(0), 0, atol=1e-6)
+    variance = hidden.var(0)  # v / (v + eps) for the variance v in front of it, scale 1
+    assert np.all((variance > 0.9) & (variance <= 1)), variance
+    assert np.all(hidden.max(0) > 0)  # no channel <= 0 on the whole batch

@@ -99,17 +99,24 @@ def test_fig6_plan_counts_by_hand():
 
 def test_recipes_sweep_puts_the_fast_recipe_beside_the_papers():
     """configs/sweeps/recipes.py: each model with the paper's recipe, the fast one (exactly the keys
-    of configs/cifar10.py's FAST) and the fast one with the linear head."""
+    of configs/cifar10.py's FAST), the fast one with the linear head and with BatchNorm at 1x1."""
     from configs import cifar10
 
     sweep = spec.load(str(ROOT / "configs" / "sweeps" / "recipes.py"))
     variants = {v.name: v.overrides for v in grid.variants(list(sweep.points))}
     assert sorted(variants) == sorted(
-        f"{m},{r}" for m in ("cnmf_1x1", "cnn_1x1") for r in ("paper", "fast", "fast,linear_head")
+        f"{m},{r}"
+        for m in ("cnmf_1x1", "cnn_1x1")
+        for r in ("paper", "fast", "fast,linear_head", "fast,bn1x1")
     )
     assert variants["cnn_1x1,paper"] == {"model.name": "cnn_1x1"}
     assert variants["cnn_1x1,fast"] == {"model.name": "cnn_1x1", **cifar10.FAST}
     assert variants["cnmf_1x1,fast,linear_head"]["model.head"] == "linear"
+    assert variants["cnn_1x1,fast,bn1x1"] == {
+        "model.name": "cnn_1x1",
+        **cifar10.FAST,
+        "model.batch_norm_1x1": True,
+    }
     fast = cifar10.get_config("fast")
     assert fast.data.validation_size == sweep.base.data.validation_size == 5_000
     assert fast.num_epochs == sweep.base.num_epochs == 40

@@ -12,7 +12,8 @@ for CNMF+1x1 and for CNN+1x1 (``:cnn_1x1``), so the paper's comparison is re-tes
 
 Candidates: the paper's recipe; a cosine schedule with one warm-up epoch; with augmentation drawn per
 image; with two, three and five times the paper's learning rates; with label smoothing; with an EMA
-of the parameters; with a linear head; with running-average BatchNorm; and the one-cycle schedule.
+of the parameters; with a linear head (at half, two and three times the rates too); with BatchNorm
+at 1x1, with either head; with running-average BatchNorm; and the one-cycle schedule.
 """
 
 import ml_collections
@@ -43,6 +44,24 @@ CANDIDATES = [
     {"recipe": "cosine_sample_ema", **PER_IMAGE, "optim.ema_decay": 0.998},
     # a plain 1x1 convolution as the last layer: no class channel can die (the CNN models' fault)
     {"recipe": "cosine_sample_linear_head", **PER_IMAGE, "model.head": "linear"},
+    # the linear head changes what the CNN models learn most from, so its rates are tuned again
+    *(
+        {
+            "recipe": f"cosine_sample_linear_head_lr{f:g}",
+            **PER_IMAGE,
+            "model.head": "linear",
+            **_rates(f),
+        }
+        for f in (0.5, 2, 3)
+    ),
+    # BatchNorm at 1x1 too: no channel of blocks 3-4 can die behind its ReLU (CNN+1x1's block 3)
+    {"recipe": "cosine_sample_bn1x1", **PER_IMAGE, "model.batch_norm_1x1": True},
+    {
+        "recipe": "cosine_sample_linear_head_bn1x1",
+        **PER_IMAGE,
+        "model.head": "linear",
+        "model.batch_norm_1x1": True,
+    },
     # running-average BatchNorm: predictions that do not depend on the batch (a released model
     # classifies single images); a recipe choice like the others, judged on validation
     {"recipe": "cosine_sample_running_bn", **PER_IMAGE, "model.batch_norm": "running"},

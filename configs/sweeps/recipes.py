@@ -1,5 +1,6 @@
 """The fast recipe (``configs/cifar10.py:fast``) against the paper's, for CNMF+1x1 and CNN+1x1, each
-also with the linear head (no dead class channels), 2 seeds, at most 40 epochs, 45,000 training
+also with the linear head (no dead class channels) and with BatchNorm at 1x1 (no dead channel at
+1x1 at all, ``model.batch_norm_1x1``), 2 seeds, at most 40 epochs, 45,000 training
 images (5,000 held out to choose ``best/`` on), the full test set:
 
     python -m deepnmf_jax.sweep run configs/sweeps/recipes.py --workdir runs/recipes \\
@@ -35,6 +36,12 @@ def get_config() -> ml_collections.ConfigDict:
                 **name,
                 **cifar10.FAST,
                 "model.head": "linear",
+            },
+            {
+                grid.LABEL: f"{model},fast,bn1x1",
+                **name,
+                **cifar10.FAST,
+                "model.batch_norm_1x1": True,
             },
         ]
     sweep = ml_collections.ConfigDict()

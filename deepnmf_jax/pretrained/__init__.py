@@ -68,6 +68,7 @@ def load(name: str) -> tuple[models.DeepNMF, dict]:
         nmf_options=nmf.NMFOptions(iterations=m["iterations"]),
         batch_norm=m["batch_norm"],
         head=m["head"],
+        batch_norm_1x1=m.get("batch_norm_1x1", False),
     )
     return model, variables
 
