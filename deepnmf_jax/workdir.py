@@ -122,6 +122,18 @@ def read_jsonl(path: pathlib.Path, repair: bool = False) -> list[dict]:
     return records
 
 
+ADDED_KEYS = {"model.batch_norm_1x1": False}
+"""Config keys added after runs were written, each with the value every earlier run had (a new
+option's default keeps the old computation): a saved config without one is read as having it."""
+
+
+def complete_config(saved: dict) -> dict:
+    """``saved`` (a run's ``config.json``) with the missing :data:`ADDED_KEYS` filled in."""
+    flat = traverse_util.flatten_dict(saved, sep=".")
+    flat.update({k: v for k, v in ADDED_KEYS.items() if k not in flat})
+    return traverse_util.unflatten_dict(flat, sep=".")
+
+
 def check_config_matches(workdir: pathlib.Path, current: dict) -> bool:
     """Raises if ``workdir`` holds a run with another configuration (keys outside
     ``RESUMABLE_KEYS`` that differ). Returns whether ``config.json`` must be (re)written: it is
@@ -138,7 +150,7 @@ def check_config_matches(workdir: pathlib.Path, current: dict) -> bool:
             stacklevel=2,
         )
         return True
-    saved_flat = traverse_util.flatten_dict(saved, sep=".")
+    saved_flat = traverse_util.flatten_dict(complete_config(saved), sep=".")
     current_flat = traverse_util.flatten_dict(current, sep=".")
     resumable = set(RESUMABLE_KEYS)
     if saved_flat.get("optim.schedule", "plateau") != "plateau":

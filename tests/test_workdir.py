@@ -139,6 +139,21 @@ def test_num_epochs_may_change_on_resume_only_under_the_plateau_schedule(tmp_pat
         workdir.check_config_matches(tmp_path, {**cosine, "num_epochs": 50})
 
 
+def test_a_run_written_before_a_key_existed_resumes_and_opens_with_its_old_value(tmp_path):
+    from deepnmf_jax.evaluate import runs
+
+    current = json.loads(tiny_config().to_json_best_effort())
+    older = json.loads(json.dumps(current))
+    del older["model"]["batch_norm_1x1"]  # a run from before the option
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    assert not workdir.check_config_matches(tmp_path, current)
+    assert runs.read_config(tmp_path).model.batch_norm_1x1 is False
+    changed = json.loads(json.dumps(current))
+    changed["model"]["batch_norm_1x1"] = True
+    with pytest.raises(errors.ConfigError, match=r"model.batch_norm_1x1: False -> True"):
+        workdir.check_config_matches(tmp_path, changed)
+
+
 def test_atomic_write_and_torn_line_rules(tmp_path):
     path = tmp_path / "a.json"
     workdir.atomic_write_text(path, "one")

@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from deepnmf_jax import checkpointing, compiled, input_pipeline, steps
+from deepnmf_jax import workdir as workdir_lib
 from deepnmf_jax.dataset_files import DATASETS
 from deepnmf_jax.errors import CheckpointError, ConfigError
 
@@ -60,7 +61,7 @@ def read_config(folder: pathlib.Path) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise ConfigError(f"{folder} is not a training run (no config.json)")
     try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
+        return ml_collections.ConfigDict(workdir_lib.complete_config(json.loads(path.read_text())))
     except ValueError as error:
         raise ConfigError(f"{path} is unreadable: {error}") from None
 
