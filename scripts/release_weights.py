@@ -71,6 +71,7 @@ def main(argv=None) -> int:
             "iterations": m.iterations,
             "batch_norm": m.batch_norm,
             "head": m.head,
+            "batch_norm_1x1": m.batch_norm_1x1,
         },
         "classes": export.class_names(run.config.data.name),
         "seed": run.seeds[args.seed_index],
