@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from configs import default
-from deepnmf_jax import benchmarking, compiled, flops, models
+from deepnmf_jax import benchmarking, compiled, flops, models, param_counts
 
 DEFAULT_OUT = "runs/benchmarks/train_step.json"
 
@@ -71,7 +71,7 @@ def benchmark(model: str, seeds: int, batch: int, args) -> dict:
         "gradient": args.gradient,
         "seeds": seeds,
         "batch": batch,
-        "parameters": models.count_params(holder["states"].params) // seeds,
+        "parameters": param_counts.count_params(holder["states"].params) // seeds,
         "mesh": dict(placement.mesh.shape),
         "seed_loop": placement.loop,
         "compile_s": compile_s,

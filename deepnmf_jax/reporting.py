@@ -137,21 +137,14 @@ def dead_channels_key(kind: str | None) -> str:
     return f"dead_{kind or 'class'}_channels"
 
 
-def param_counts(model, params) -> dict:
-    """One seed's parameters per kind and the CNN/NMF ratio (:func:`models.param_breakdown`)."""
-    from deepnmf_jax import models
-
-    return models.param_breakdown(model, params)
-
-
 def finish(config, workdir: pathlib.Path, data, model, history: list[dict], progress) -> dict:
     """Writes ``results.json`` and the learning curves from the in-memory history.
 
-    ``machine`` is the machine that wrote it (CPU model, devices, versions): float32 training is
-    bit-exact on one machine, not across CPU types, so a number is only reproducible with it. A run
-    resumed elsewhere trained its earlier epochs on another machine.
+    ``machine`` is the machine that wrote it (CPU model, devices, versions): training is bit-exact
+    on one machine, but the same command has ended a few tenths of a point apart on two, so a number
+    goes with its machine. A run resumed elsewhere trained its earlier epochs on another machine.
     """
-    from deepnmf_jax import benchmarking, models, optim, plots
+    from deepnmf_jax import benchmarking, models, optim, param_counts, plots
 
     if not history:
         raise RuntimeError(f"{workdir} has no epochs to report")
@@ -172,7 +165,9 @@ def finish(config, workdir: pathlib.Path, data, model, history: list[dict], prog
             "validation_size": 0 if data.validation is None else len(data.validation),
             "test_size": len(data.test),
         },
-        "parameters": models.param_breakdown(model, models.abstract_params(model, image_shape)),
+        "parameters": param_counts.param_breakdown(
+            model, param_counts.abstract_params(model, image_shape)
+        ),
         "epochs_completed": progress.epoch,
         "stopped_because": progress.stopped_because or "unknown",
         "train_time_s": float(sum(r["epoch_time_s"] for r in history)),

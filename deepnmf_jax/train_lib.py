@@ -30,7 +30,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from deepnmf_jax import checkpointing, compiled, input_pipeline, models, parallel, reporting
+from deepnmf_jax import (
+    checkpointing,
+    compiled,
+    input_pipeline,
+    models,
+    parallel,
+    param_counts,
+    reporting,
+)
 from deepnmf_jax import epoch as epoch_lib
 from deepnmf_jax import steps as steps_lib
 from deepnmf_jax import workdir as workdir_lib
@@ -189,7 +197,7 @@ def _resume_or_start(run: Run) -> tuple[steps_lib.TrainState, Progress, list[dic
 def _count(steps: compiled.Steps, state) -> str:
     one_seed = jax.tree_util.tree_map(lambda leaf: leaf[0], state.params)
     return ", ".join(
-        f"{k} {v}" for k, v in reporting.param_counts(steps.ctx.model, one_seed).items()
+        f"{k} {v}" for k, v in param_counts.param_breakdown(steps.ctx.model, one_seed).items()
     )
 
 

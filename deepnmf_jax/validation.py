@@ -153,12 +153,12 @@ def check_model_fits(config, num_classes: int, image_shape) -> None:
     """Builds the model's parameter shapes for the cropped images (nothing is computed), so that
     groups that do not divide their channels, or a crop the blocks cannot reduce to 1x1, are one
     ConfigError naming the keys."""
-    from deepnmf_jax import steps
+    from deepnmf_jax import param_counts, steps
 
     crop = config.augment.crop_size
     try:
         model = steps.model_from_config(config, num_classes, image_shape[-1])
-        models.abstract_params(model, (crop, crop, image_shape[-1]))
+        param_counts.abstract_params(model, (crop, crop, image_shape[-1]))
     except ValueError as error:
         m = config.model
         raise ConfigError(

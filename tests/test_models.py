@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepnmf_jax import models, parity, reference
+from deepnmf_jax import models, param_counts, parity, reference
 from tests.conftest import FIXTURES
 from tests.helpers import assert_close_to_reference, scaled_error
 
@@ -60,7 +60,7 @@ def test_unrolled_gradient_differs_from_the_reference():
 def test_parameter_counts_match_the_paper(name):
     variables = reference.load_reference_params(name, _fixture(name))
     assert (
-        models.count_params(variables)
+        param_counts.count_params(variables)
         == PAPER_COUNTS[name]
         == int(_fixture(name)["meta/param_count"])
     )
@@ -86,7 +86,7 @@ def test_parameter_counts_with_width_and_groups(name, width, groups, classes):
     model = models.build_model(name, width=width, groups=groups, num_classes=classes)
     images = jax.ShapeDtypeStruct((2, 28, 28, 3), jnp.float32)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-    assert models.count_params(shapes) == _expected_count(name, width, groups, classes)
+    assert param_counts.count_params(shapes) == _expected_count(name, width, groups, classes)
 
 
 def test_fashion_mnist_shapes():
@@ -180,24 +180,24 @@ def test_build_model_rejects_bad_options():
 
 def test_parameter_breakdown_and_separate_groups():
     """Fig. 6's split: NMF U, convolutions (CNN a-layers and 1x1 layers), BatchNorm; counts by hand."""
-    params = models.abstract_params(models.build_model("cnmf_1x1"), (28, 28, 3))
-    counts = models.param_breakdown(models.build_model("cnmf_1x1"), params)
+    params = param_counts.abstract_params(models.build_model("cnmf_1x1"), (28, 28, 3))
+    counts = param_counts.param_breakdown(models.build_model("cnmf_1x1"), params)
     assert counts["nmf"] == 75 * 32 + 800 * 64 + 1024 * 96 + 96 * 10 == 152_864
     assert counts["conv"] == 32 * 33 + 64 * 65 + 96 * 97 + 10 * 11 == 14_638
     assert counts["batchnorm"] == 384 and counts["total"] == PAPER_COUNTS["cnmf_1x1"]
     np.testing.assert_allclose(counts["cnn_nmf_ratio"], 14_638 / 152_864)
     # groups_nmf = 16 shrinks blocks 2-3's NMF layers 16-fold; groups_mix = 1 keeps the 1x1 layers.
     model = models.build_model("cnmf_1x1", groups_nmf=16, groups_mix=1)
-    counts = models.param_breakdown(model, models.abstract_params(model, (28, 28, 3)))
+    counts = param_counts.param_breakdown(model, param_counts.abstract_params(model, (28, 28, 3)))
     assert counts["nmf"] == 75 * 32 + 800 * 64 // 16 + 1024 * 96 // 16 + 96 * 10 == 12_704
     assert counts["conv"] == 14_638
     np.testing.assert_allclose(counts["cnn_nmf_ratio"], 14_638 / 12_704)
     model = models.build_model("cnmf_1x1", groups=4, groups_mix=2)  # groups_nmf falls back to 4
-    shapes = models.abstract_params(model, (28, 28, 3))
+    shapes = param_counts.abstract_params(model, (28, 28, 3))
     assert shapes["block2"]["a"]["kernel"].shape == (4, 200, 16)
     assert shapes["block2"]["b"]["kernel"].shape == (2, 32, 32)
     cnn = models.build_model("cnn_1x1")
-    counts = models.param_breakdown(cnn, models.abstract_params(cnn, (28, 28, 3)))
+    counts = param_counts.param_breakdown(cnn, param_counts.abstract_params(cnn, (28, 28, 3)))
     assert counts["nmf"] == 0 and counts["cnn_nmf_ratio"] is None
     assert counts["conv"] == 153_066 + 14_638 and counts["total"] == PAPER_COUNTS["cnn_1x1"]
 

@@ -7,12 +7,12 @@ import pytest
 from flax import traverse_util
 
 from configs import default
-from deepnmf_jax import models, optim
+from deepnmf_jax import models, optim, param_counts
 
 
 def _params(name="cnmf_1x1"):
     """The model's parameter tree (zeros: the tests need its structure and shapes only)."""
-    shapes = models.abstract_params(models.build_model(name, iterations=1), (28, 28, 3))
+    shapes = param_counts.abstract_params(models.build_model(name, iterations=1), (28, 28, 3))
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import ml_collections
 
-from deepnmf_jax import models, steps, validation
+from deepnmf_jax import param_counts, steps, validation
 from deepnmf_jax.dataset_files import DATASETS
 from deepnmf_jax.errors import ConfigError
 from deepnmf_jax.sweep import grid
@@ -114,7 +114,7 @@ class Planned:
     name: str
     overrides: dict[str, Any]
     config: ml_collections.ConfigDict
-    parameters: dict | None  # models.param_breakdown, None when skipped
+    parameters: dict | None  # param_counts.param_breakdown, None when skipped
     skipped: str | None = None
 
 
@@ -156,6 +156,6 @@ def count_parameters(config) -> dict:
     model = steps.model_from_config(config, spec.num_classes, spec.image_shape[-1])
     crop = config.augment.crop_size
     image_shape = (crop, crop, spec.image_shape[-1])
-    shapes = models.abstract_params(model, image_shape)
+    shapes = param_counts.abstract_params(model, image_shape)
     mflop = flops.train_step_flops(model, image_shape) / 1e6
-    return {**models.param_breakdown(model, shapes), "train_mflop_per_image": round(mflop, 2)}
+    return {**param_counts.param_breakdown(model, shapes), "train_mflop_per_image": round(mflop, 2)}
