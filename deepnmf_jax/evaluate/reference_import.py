@@ -93,7 +93,7 @@ def import_pretrained(name: str, folder: pathlib.Path) -> tuple[pathlib.Path, di
         _, variables = pretrained.load(name)
     except (KeyError, ValueError) as error:
         raise ConfigError(str(error).strip("'\"")) from None
-    config = ml_collections.ConfigDict(entry["config"])
+    config = ml_collections.ConfigDict(workdir_lib.complete_config(entry["config"]))
     config.num_seeds, config.seed = 1, entry["seed"]
     step = int(entry["checkpoint"].rsplit("/", 1)[-1])
     return _write_run(config, variables, folder, step=step, epoch=entry["epoch"]), entry
