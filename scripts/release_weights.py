@@ -84,7 +84,8 @@ def main(argv=None) -> int:
             "bundled_sample_test": sample_accuracy,
         },
         "command": args.command,
-        "config": _portable(json.loads(run.config.to_json_best_effort())),
+        # as trained: run.config is the evaluation's (another source drops the validation split)
+        "config": _portable(json.loads(runs.read_config(run.folder).to_json_best_effort())),
     }
     (FOLDER / entry["file"]).write_bytes(data)
     manifest_path = FOLDER / "manifest.json"
