@@ -47,7 +47,7 @@ class Progress:
     best_mean_accuracy: float = -1.0  # mean over seeds, on validation (else test) accuracy
     finished: bool = False
     stopped_because: str | None = None
-    # per seed, before training: reporting.dead_channels_key's channels (None: no last ReLU)
+    # per seed, before training: dead_channels.key's channels (None: no last ReLU)
     dead_class_channels_at_init: list[int] | None = None
 
     @classmethod

@@ -208,32 +208,6 @@ def has_linear_head(name: str) -> bool:
     return kind["mix"] or kind["a_layer"] == "conv"
 
 
-def rectified_channels(model: DeepNMF) -> Literal["class", "hidden"] | None:
-    """Which channels pass the last ReLU before the class scores, where one that is <= 0 on every
-    image gets no gradient and can stay dead: ``"class"`` (the class channels entering the last
-    1x1 layer of a +1x1 model with the reference head), ``"hidden"`` (the previous block's outputs,
-    at 1x1, entering the last block: models without b-layers, and +1x1 models with the linear
-    head, whose last a-layer still rectifies its input), or None (the plain CNN's linear head
-    rectifies nothing after block 2's BatchNorm; ``batch_norm_1x1`` puts a BatchNorm in front of
-    every ReLU at 1x1)."""
-    if model.batch_norm_1x1 or len(model.blocks) < 2:
-        return None
-    if model.mix:
-        return "class" if model.head == "reference" else "hidden"
-    if model.a_layer == "conv" and model.head == "linear":
-        return None
-    return "hidden"
-
-
-def rectified_inputs(model: DeepNMF, intermediates: dict) -> jax.Array:
-    """(N, H, W, C) values of the channels that :func:`rectified_channels` names, before the
-    ReLU (the last a-layer's output where there is none)."""
-    last = len(model.blocks)
-    if rectified_channels(model) == "hidden":
-        return intermediates[f"block{last - 1}"]["out"]
-    return intermediates[f"block{last}"]["a"]
-
-
 PAPER_MODELS = {
     "cnn": {"a_layer": "conv", "mix": False},
     "cnmf": {"a_layer": "nmf", "mix": False},

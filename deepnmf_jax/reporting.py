@@ -13,6 +13,7 @@ import subprocess
 
 import numpy as np
 
+from deepnmf_jax import dead_channels
 from deepnmf_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,10 @@ def epoch_record(
     val_accuracy,
     learning_rates,
     lr_scale,
-    dead_channels,
+    dead,
 ) -> dict:
     """One line of ``metrics.jsonl``: every metric per seed (``stats`` is an ``EpochStats``).
-    ``dead_channels``: (kind, count per seed) of :func:`dead_channels_key`'s channels."""
+    ``dead``: (kind, count per seed) of :func:`deepnmf_jax.dead_channels.key`'s channels."""
     record = {
         "epoch": epoch,
         "train_loss": (stats.loss_sum / num_train).tolist(),
@@ -104,9 +105,9 @@ def epoch_record(
     }
     if val_accuracy is not None:
         record["val_accuracy"] = np.asarray(val_accuracy, np.float64).tolist()
-    kind, counts = dead_channels
+    kind, counts = dead
     if kind is not None:
-        record[dead_channels_key(kind)] = counts
+        record[dead_channels.key(kind)] = counts
     return record
 
 
@@ -130,13 +131,6 @@ def log_epoch(record: dict, seeds: list[int]) -> None:
     )
 
 
-def dead_channels_key(kind: str | None) -> str:
-    """The metric of the channels <= 0 on every test image before the last ReLU
-    (:func:`deepnmf_jax.models.rectified_channels`): ``dead_class_channels`` (+1x1 models) or
-    ``dead_hidden_channels`` (models without b-layers)."""
-    return f"dead_{kind or 'class'}_channels"
-
-
 def finish(config, workdir: pathlib.Path, data, model, history: list[dict], progress) -> dict:
     """Writes ``results.json`` and the learning curves from the in-memory history.
 
@@ -144,14 +138,14 @@ def finish(config, workdir: pathlib.Path, data, model, history: list[dict], prog
     on one machine, but the same command has ended a few tenths of a point apart on two, so a number
     goes with its machine. A run resumed elsewhere trained its earlier epochs on another machine.
     """
-    from deepnmf_jax import benchmarking, models, optim, param_counts, plots
+    from deepnmf_jax import benchmarking, optim, param_counts, plots
 
     if not history:
         raise RuntimeError(f"{workdir} has no epochs to report")
     seeds = [config.seed + k for k in range(config.num_seeds)]
     schedule = optim.Schedule(config.optim, 1, config.num_epochs, config.batch_size)
     image_shape = (config.augment.crop_size, config.augment.crop_size, data.train.images.shape[-1])
-    dead_key = dead_channels_key(models.rectified_channels(model))
+    dead_key = dead_channels.key(dead_channels.rectified_channels(model))
     results = {
         "model": config.model.name,
         "config": json.loads(config.to_json_best_effort()),

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from deepnmf_jax import augment, models, nmf, optim
+from deepnmf_jax import augment, dead_channels, models, nmf, optim
 
 
 @flax.struct.dataclass
@@ -176,7 +176,9 @@ def eval_params(ctx: StepContext, state: TrainState):
 def _predict_batch(ctx: StepContext, state: TrainState, images):
     batch = augment.preprocess_for_eval(images, ctx.input_shape[0])
     probs, inter, _ = _apply(ctx, eval_params(ctx, state), state.batch_stats, batch, train=False)
-    rectified = models.rectified_inputs(ctx.model, inter)  # (B, H, W, C) before the last ReLU
+    rectified = dead_channels.rectified_inputs(
+        ctx.model, inter
+    )  # (B, H, W, C) before the last ReLU
     return probs, jnp.max(rectified.reshape(-1, rectified.shape[-1]), axis=0)
 
 
@@ -186,7 +188,7 @@ def predict(ctx: StepContext, state: TrainState, images):
 
     Returns:
       (probs (N, classes), channel_max (C,)): the largest value over the split of each channel
-      that passes the last ReLU before the class scores (:func:`models.rectified_channels`; a
+      that passes the last ReLU before the class scores (:func:`dead_channels.rectified_channels`; a
       channel <= 0 everywhere is dead behind it).
     """
     size = ctx.eval_batch_size

@@ -33,8 +33,8 @@ import numpy as np
 from deepnmf_jax import (
     checkpointing,
     compiled,
+    dead_channels,
     input_pipeline,
-    models,
     parallel,
     param_counts,
     reporting,
@@ -202,9 +202,9 @@ def _count(steps: compiled.Steps, state) -> str:
 
 
 def _dead_channels(run: Run, state) -> list[int] | None:
-    """Per seed, the channels before the last ReLU (:func:`models.rectified_channels`) that are
+    """Per seed, the channels before the last ReLU (:func:`dead_channels.rectified_channels`) that are
     <= 0 on every test image (None where the model has no such ReLU)."""
-    if models.rectified_channels(run.steps.ctx.model) is None:
+    if dead_channels.rectified_channels(run.steps.ctx.model) is None:
         return None
     _, maxima = run.steps.placement.fetch(run.steps.predict(state, run.splits["test"][0]))
     return np.sum(maxima <= 0, axis=-1).astype(int).tolist()
@@ -241,8 +241,8 @@ def end_epoch(run: Run, state, progress: Progress, stats: epoch_lib.EpochStats):
         val_accuracy=val_accuracy,
         learning_rates=schedule.rates(float(np.max(scales)) * _multiplier(schedule, first_step)),
         lr_scale=scales,
-        dead_channels=(
-            models.rectified_channels(steps.ctx.model),
+        dead=(
+            dead_channels.rectified_channels(steps.ctx.model),
             np.sum(maxima <= 0, -1).astype(int).tolist(),
         ),
     )

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepnmf_jax import models, param_counts, parity, reference
+from deepnmf_jax import dead_channels, models, param_counts, parity, reference
 from tests.conftest import FIXTURES
 from tests.helpers import assert_close_to_reference, scaled_error
 
@@ -268,12 +268,14 @@ def test_which_channels_pass_the_last_relu():
     }
     for (name, head), kind in expected.items():
         model = models.build_model(name, width=0.25, head=head)
-        assert models.rectified_channels(model) == kind, (name, head)
+        assert dead_channels.rectified_channels(model) == kind, (name, head)
         normed = models.build_model(name, width=0.25, head=head, batch_norm_1x1=True)
-        assert models.rectified_channels(normed) is None, (name, head)
+        assert dead_channels.rectified_channels(normed) is None, (name, head)
     inter = {"block3": {"out": "block 3's output"}, "block4": {"a": "the class channels"}}
-    assert models.rectified_inputs(models.build_model("cnn"), inter) == "block 3's output"
-    assert models.rectified_inputs(models.build_model("cnn_1x1"), inter) == "the class channels"
+    assert dead_channels.rectified_inputs(models.build_model("cnn"), inter) == "block 3's output"
+    assert (
+        dead_channels.rectified_inputs(models.build_model("cnn_1x1"), inter) == "the class channels"
+    )
 
 
 @functools.cache

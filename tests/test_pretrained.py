@@ -1,6 +1,7 @@
 """The released weights (deepnmf_jax.pretrained): they load, match their sha256, and reproduce the
 accuracy their manifest states on the bundled sample's 500 test images."""
 
+import json
 import shutil
 
 import jax
@@ -54,3 +55,21 @@ def test_a_damaged_file_is_refused_and_an_unknown_name_is_named(tmp_path, monkey
         pretrained.load(name)
     with pytest.raises(KeyError, match="no released model 'resnet'; available: "):
         pretrained.info("resnet")
+
+
+def test_a_manifest_from_before_an_added_config_key_still_loads(tmp_path, monkeypatch):
+    """A manifest written before ``model.batch_norm_1x1`` existed reads as the run that trained it
+    (workdir.ADDED_KEYS, the mechanism that reads an old run's config.json), in load and import."""
+    from deepnmf_jax.evaluate import reference_import
+
+    manifest = json.loads((pretrained._FOLDER / "manifest.json").read_text())
+    name = "cnmf_1x1_cifar10_fast"
+    entry = manifest[name]
+    del entry["model"]["batch_norm_1x1"], entry["config"]["model"]["batch_norm_1x1"]
+    (tmp_path / "manifest.json").write_text(json.dumps({name: entry}))
+    shutil.copy(pretrained._FOLDER / entry["file"], tmp_path / entry["file"])
+    monkeypatch.setattr(pretrained, "_FOLDER", tmp_path)
+    model, _ = pretrained.load(name)
+    assert model.batch_norm_1x1 is False
+    folder, _ = reference_import.import_pretrained(name, tmp_path / "run")
+    assert json.loads((folder / "config.json").read_text())["model"]["batch_norm_1x1"] is False

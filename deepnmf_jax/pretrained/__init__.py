@@ -17,10 +17,11 @@ import io
 import json
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from deepnmf_jax import augment, models, nmf
+from deepnmf_jax import augment, models, steps, workdir
 
 _FOLDER = importlib.resources.files("deepnmf_jax") / "pretrained"
 
@@ -59,17 +60,9 @@ def load(name: str) -> tuple[models.DeepNMF, dict]:
     with np.load(io.BytesIO(data)) as arrays:
         flat = {tuple(key.split("/")): jnp.asarray(arrays[key]) for key in arrays.files}
     variables = traverse_util.unflatten_dict(flat)
-    m = entry["model"]
-    model = models.build_model(
-        m["name"],
-        width=m["width"],
-        groups=m["groups"],
-        num_classes=len(entry["classes"]),
-        nmf_options=nmf.NMFOptions(iterations=m["iterations"]),
-        batch_norm=m["batch_norm"],
-        head=m["head"],
-        batch_norm_1x1=m.get("batch_norm_1x1", False),
-    )
+    # the config it was trained with, as a run's config.json is read (keys added since filled in)
+    config = ml_collections.ConfigDict(workdir.complete_config(entry["config"]))
+    model = steps.model_from_config(config, len(entry["classes"]), input_channels=None)
     return model, variables
 
 
