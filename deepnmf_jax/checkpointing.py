@@ -47,8 +47,8 @@ class Progress:
     best_mean_accuracy: float = -1.0  # mean over seeds, on validation (else test) accuracy
     finished: bool = False
     stopped_because: str | None = None
-    # per seed, before training: dead_channels.key's channels (None: no last ReLU)
-    dead_class_channels_at_init: list[int] | None = None
+    # before training, {metric: dead channels per seed} (deepnmf_jax.dead_channels.counts)
+    dead_channels_at_init: dict[str, list[int]] | None = None
 
     @classmethod
     def start(cls, num_seeds: int) -> Progress:
@@ -70,7 +70,7 @@ class Progress:
             best_mean_accuracy=max(selection, self.best_mean_accuracy),
             finished=finished,
             stopped_because=stopped_because,
-            dead_class_channels_at_init=self.dead_class_channels_at_init,
+            dead_channels_at_init=self.dead_channels_at_init,
         )
 
 
@@ -109,7 +109,21 @@ def restore_run(checkpoints, like_state, fetch, workdir) -> tuple[Any, Progress,
     if history is None:
         metrics = pathlib.Path(workdir) / "metrics.jsonl"
         history = [r for r in workdir_lib.read_jsonl(metrics) if r["epoch"] <= progress.epoch]
+    legacy = meta["progress"].get("dead_class_channels_at_init")
+    if legacy is not None and progress.dead_channels_at_init is None:
+        progress = dataclasses.replace(
+            progress, dead_channels_at_init=_legacy_dead(legacy, history)
+        )
     return state, progress, history
+
+
+def _legacy_dead(counts: list[int], history: list[dict]) -> dict[str, list[int]]:
+    """A checkpoint written when one kind of dead channel was counted per model kept its counts
+    at initialisation as a bare list; its kind is the one its epochs' records name."""
+    keys = [
+        k for k in ("dead_class_channels", "dead_hidden_channels") if history and k in history[0]
+    ]
+    return {keys[0]: counts} if keys else {}
 
 
 class CheckpointWarning(UserWarning):

@@ -91,7 +91,7 @@ def epoch_record(
     dead,
 ) -> dict:
     """One line of ``metrics.jsonl``: every metric per seed (``stats`` is an ``EpochStats``).
-    ``dead``: (kind, count per seed) of :func:`deepnmf_jax.dead_channels.key`'s channels."""
+    ``dead``: ``{metric: dead channels per seed}`` (:func:`deepnmf_jax.dead_channels.counts`)."""
     record = {
         "epoch": epoch,
         "train_loss": (stats.loss_sum / num_train).tolist(),
@@ -105,10 +105,7 @@ def epoch_record(
     }
     if val_accuracy is not None:
         record["val_accuracy"] = np.asarray(val_accuracy, np.float64).tolist()
-    kind, counts = dead
-    if kind is not None:
-        record[dead_channels.key(kind)] = counts
-    return record
+    return {**record, **dead}
 
 
 def log_epoch(record: dict, seeds: list[int]) -> None:
@@ -145,7 +142,14 @@ def finish(config, workdir: pathlib.Path, data, model, history: list[dict], prog
     seeds = [config.seed + k for k in range(config.num_seeds)]
     schedule = optim.Schedule(config.optim, 1, config.num_epochs, config.batch_size)
     image_shape = (config.augment.crop_size, config.augment.crop_size, data.train.images.shape[-1])
-    dead_key = dead_channels.key(dead_channels.rectified_channels(model))
+    at_init = progress.dead_channels_at_init or {}
+    dead = {
+        dead_channels.key(kind): {
+            "at_init": at_init.get(dead_channels.key(kind)),
+            "final": history[-1].get(dead_channels.key(kind)),
+        }
+        for kind in dead_channels.rectified_kinds(model)
+    }
     results = {
         "model": config.model.name,
         "config": json.loads(config.to_json_best_effort()),
@@ -165,10 +169,7 @@ def finish(config, workdir: pathlib.Path, data, model, history: list[dict], prog
         "epochs_completed": progress.epoch,
         "stopped_because": progress.stopped_because or "unknown",
         "train_time_s": float(sum(r["epoch_time_s"] for r in history)),
-        dead_key: {
-            "at_init": progress.dead_class_channels_at_init,
-            "final": history[-1].get(dead_key),
-        },
+        **dead,
         **summarize(history, seeds, schedule.finished),
     }
     workdir_lib.atomic_write_text(workdir / "results.json", json.dumps(results, indent=2))

@@ -176,10 +176,9 @@ def eval_params(ctx: StepContext, state: TrainState):
 def _predict_batch(ctx: StepContext, state: TrainState, images):
     batch = augment.preprocess_for_eval(images, ctx.input_shape[0])
     probs, inter, _ = _apply(ctx, eval_params(ctx, state), state.batch_stats, batch, train=False)
-    rectified = dead_channels.rectified_inputs(
-        ctx.model, inter
-    )  # (B, H, W, C) before the last ReLU
-    return probs, jnp.max(rectified.reshape(-1, rectified.shape[-1]), axis=0)
+    # per kind, (B, H, W, C) before their ReLU -> (C,) largest value over the batch
+    rectified = dead_channels.rectified_inputs(ctx.model, inter)
+    return probs, {k: jnp.max(v.reshape(-1, v.shape[-1]), axis=0) for k, v in rectified.items()}
 
 
 def predict(ctx: StepContext, state: TrainState, images):
@@ -187,9 +186,9 @@ def predict(ctx: StepContext, state: TrainState, images):
     uses each batch's statistics by default, as the reference); the last batch may be smaller.
 
     Returns:
-      (probs (N, classes), channel_max (C,)): the largest value over the split of each channel
-      that passes the last ReLU before the class scores (:func:`dead_channels.rectified_channels`; a
-      channel <= 0 everywhere is dead behind it).
+      (probs (N, classes), {kind: (C,)}): per kind of :func:`dead_channels.rectified_kinds`, the
+      largest value over the split of each channel that passes a ReLU at 1x1 (a channel <= 0
+      everywhere is dead behind it).
     """
     size = ctx.eval_batch_size
     full = (images.shape[0] // size) * size
@@ -198,12 +197,13 @@ def predict(ctx: StepContext, state: TrainState, images):
         batched = images[:full].reshape(-1, size, *images.shape[1:])
         p, m = jax.lax.map(lambda b: _predict_batch(ctx, state, b), batched)
         probs.append(p.reshape(full, -1))
-        maxima.append(jnp.max(m, axis=0))
+        maxima.append(jax.tree_util.tree_map(lambda v: jnp.max(v, axis=0), m))
     if full < images.shape[0]:  # the last, smaller batch (BatchNorm statistics over it alone)
         p, m = _predict_batch(ctx, state, images[full:])
         probs.append(p)
         maxima.append(m)
-    return jnp.concatenate(probs), functools.reduce(jnp.maximum, maxima)
+    largest = functools.reduce(lambda a, b: jax.tree_util.tree_map(jnp.maximum, a, b), maxima)
+    return jnp.concatenate(probs), largest
 
 
 def end_epoch(ctx: StepContext, state: TrainState, epoch_loss):

@@ -188,7 +188,7 @@ def _resume_or_start(run: Run) -> tuple[steps_lib.TrainState, Progress, list[dic
     else:
         progress, history = Progress.start(len(run.seeds)), []
         dead = _dead_channels(run, state)
-        progress = dataclasses.replace(progress, dead_class_channels_at_init=dead)
+        progress = dataclasses.replace(progress, dead_channels_at_init=dead)
     if parallel.is_primary():  # metrics.jsonl mirrors the history: later or torn lines go
         reporting.rewrite_history(run.workdir, history)
     return state, progress, history
@@ -201,18 +201,18 @@ def _count(steps: compiled.Steps, state) -> str:
     )
 
 
-def _dead_channels(run: Run, state) -> list[int] | None:
-    """Per seed, the channels before the last ReLU (:func:`dead_channels.rectified_channels`) that are
-    <= 0 on every test image (None where the model has no such ReLU)."""
-    if dead_channels.rectified_channels(run.steps.ctx.model) is None:
-        return None
+def _dead_channels(run: Run, state) -> dict[str, list[int]]:
+    """``{metric: per seed, the channels of that kind (:func:`dead_channels.rectified_kinds`) <= 0
+    on every test image}``; empty where the model has no ReLU at 1x1 without BatchNorm."""
+    if not dead_channels.rectified_kinds(run.steps.ctx.model):
+        return {}
     _, maxima = run.steps.placement.fetch(run.steps.predict(state, run.splits["test"][0]))
-    return np.sum(maxima <= 0, axis=-1).astype(int).tolist()
+    return dead_channels.counts(maxima)
 
 
 def evaluate(run: Run, state, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(accuracy per seed, maxima of the last ReLU's input channels per seed) on a split already
-    on the devices."""
+    """(accuracy per seed, {kind: (seeds, C) largest value of each channel before its ReLU at
+    1x1}) on a split already on the devices."""
     images, labels = run.splits[split]
     probs, maxima = run.steps.placement.fetch(run.steps.predict(state, images))
     return np.mean(np.argmax(probs, -1) == labels, axis=-1), maxima
@@ -241,10 +241,7 @@ def end_epoch(run: Run, state, progress: Progress, stats: epoch_lib.EpochStats):
         val_accuracy=val_accuracy,
         learning_rates=schedule.rates(float(np.max(scales)) * _multiplier(schedule, first_step)),
         lr_scale=scales,
-        dead=(
-            dead_channels.rectified_channels(steps.ctx.model),
-            np.sum(maxima <= 0, -1).astype(int).tolist(),
-        ),
+        dead=dead_channels.counts(maxima),
     )
     # best/ is chosen on validation accuracy where there is a validation split
     selection = float(np.mean(val_accuracy if val_accuracy is not None else test_accuracy))

@@ -255,27 +255,42 @@ def test_linear_head_of_the_plain_cnn(getkey):
         models.build_model("cnmf", head="linear")
 
 
-def test_which_channels_pass_the_last_relu():
+def test_which_channels_pass_a_relu_at_1x1():
     expected = {
-        ("cnn", "reference"): "hidden",
-        ("cnmf", "reference"): "hidden",
-        ("cnn_1x1", "reference"): "class",
-        ("cnmf_1x1", "reference"): "class",
-        ("cnn", "linear"): None,
+        ("cnn", "reference"): ("hidden",),
+        ("cnmf", "reference"): ("hidden",),
+        # block 3's outputs pass block 4's input ReLU, the class channels the last one
+        ("cnn_1x1", "reference"): ("hidden", "class"),
+        ("cnmf_1x1", "reference"): ("hidden", "class"),
+        ("cnn", "linear"): (),
         # the linear head's last a-layer still rectifies block 3's outputs
-        ("cnn_1x1", "linear"): "hidden",
-        ("cnmf_1x1", "linear"): "hidden",
+        ("cnn_1x1", "linear"): ("hidden",),
+        ("cnmf_1x1", "linear"): ("hidden",),
     }
-    for (name, head), kind in expected.items():
+    for (name, head), kinds in expected.items():
         model = models.build_model(name, width=0.25, head=head)
-        assert dead_channels.rectified_channels(model) == kind, (name, head)
+        assert dead_channels.rectified_kinds(model) == kinds, (name, head)
         normed = models.build_model(name, width=0.25, head=head, batch_norm_1x1=True)
-        assert dead_channels.rectified_channels(normed) is None, (name, head)
+        assert dead_channels.rectified_kinds(normed) == (), (name, head)
     inter = {"block3": {"out": "block 3's output"}, "block4": {"a": "the class channels"}}
-    assert dead_channels.rectified_inputs(models.build_model("cnn"), inter) == "block 3's output"
-    assert (
-        dead_channels.rectified_inputs(models.build_model("cnn_1x1"), inter) == "the class channels"
-    )
+    assert dead_channels.rectified_inputs(models.build_model("cnn"), inter) == {
+        "hidden": "block 3's output"
+    }
+    assert dead_channels.rectified_inputs(models.build_model("cnn_1x1"), inter) == {
+        "hidden": "block 3's output",
+        "class": "the class channels",
+    }
+    assert dead_channels.rectified_inputs(models.build_model("cnn", head="linear"), inter) == {}
+
+
+def test_dead_channels_counted_by_hand():
+    # two seeds; a channel is dead where its largest value over the images is <= 0
+    maxima = {"hidden": np.array([[0.5, 0.0, -1.0], [1e-9, 2.0, 3.0]]), "class": np.zeros((2, 2))}
+    assert dead_channels.counts(maxima) == {
+        "dead_hidden_channels": [2, 0],
+        "dead_class_channels": [2, 2],
+    }
+    assert dead_channels.counts({}) == {}
 
 
 @functools.cache

@@ -88,17 +88,19 @@ def test_smoke_every_model(tmp_path, name):
     assert (tmp_path / "learning_curves.png").stat().st_size > 10_000
     assert any((tmp_path / "tensorboard").iterdir())
     assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "best").is_dir()
-    # channels <= 0 on every test image before the last ReLU, counted again here with model.apply
+    # channels <= 0 on every test image before a ReLU at 1x1, counted again here with model.apply
     config = tiny_config(**{"model.name": name})
-    key = "dead_class_channels" if name.endswith("_1x1") else "dead_hidden_channels"
-    assert saved[key]["final"] == record[key] == [_dead_channels(config, tmp_path, key)]
-    assert len(saved[key]["at_init"]) == 1
+    keys = ["dead_hidden_channels"] + (["dead_class_channels"] if name.endswith("_1x1") else [])
+    assert [k for k in saved if k.startswith("dead_")] == keys
+    for key in keys:
+        assert saved[key]["final"] == record[key] == [_dead_channels(config, tmp_path, key)]
+        assert len(saved[key]["at_init"]) == 1
 
 
 def _dead_channels(config, workdir, key) -> int:
-    """Channels before the last ReLU (the last block's class channels in +1x1 models, the
-    previous block's outputs in the others) that are <= 0 on all test images, in the run's
-    evaluation batches (BatchNorm uses each batch's statistics)."""
+    """Channels before a ReLU at 1x1 (the last block's class channels in +1x1 models, the
+    previous block's outputs entering the last block) that are <= 0 on all test images, in the
+    run's evaluation batches (BatchNorm uses each batch's statistics)."""
     from deepnmf_jax import augment, input_pipeline
 
     model = steps.model_from_config(config, 10, 3)

@@ -1,5 +1,6 @@
 """A workdir that nothing can corrupt, and one-line errors for what a user can get wrong (issue 9)."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -152,6 +153,23 @@ def test_a_run_written_before_a_key_existed_resumes_and_opens_with_its_old_value
     changed["model"]["batch_norm_1x1"] = True
     with pytest.raises(errors.ConfigError, match=r"model.batch_norm_1x1: False -> True"):
         workdir.check_config_matches(tmp_path, changed)
+
+
+def test_a_checkpoint_from_when_one_kind_of_dead_channel_was_counted_keeps_its_init_counts(
+    tmp_path,
+):
+    """Checkpoints used to store the dead channels at initialisation as a bare list of the one
+    kind each model counted; they resume with that list under the metric their epochs name."""
+    state = {"w": np.arange(3.0, dtype=np.float32)}
+    checkpoints = checkpointing.Checkpoints(tmp_path)
+    progress = dataclasses.asdict(checkpointing.Progress.start(2))
+    del progress["dead_channels_at_init"]
+    history = [{"epoch": 1, "dead_class_channels": [7, 6]}]
+    meta = {"progress": {**progress, "epoch": 1, "dead_class_channels_at_init": [7, 5]}}
+    checkpoints.save(100, state, {**meta, "history": history})
+    checkpoints.wait()
+    _, restored, _ = checkpointing.restore_run(checkpoints, state, lambda x: x, tmp_path)
+    assert restored.epoch == 1 and restored.dead_channels_at_init == {"dead_class_channels": [7, 5]}
 
 
 def test_atomic_write_and_torn_line_rules(tmp_path):
