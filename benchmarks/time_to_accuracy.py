@@ -4,9 +4,11 @@ to get there, for every variant of one or more sweep folders (e.g. ``configs/swe
     python benchmarks/time_to_accuracy.py runs/recipes --epochs 5 10 20 40 \\
         --out benchmarks/results/time_to_accuracy.json
 
-Writes the JSON (per variant: accuracy mean/std over seeds and the per-seed values at each epoch, the
-cumulative training minutes (evaluation not counted), the dead class channels at init and at the end), prints a
-markdown table, and draws the test-accuracy curves of all variants (``--figure``, PNG and SVG).
+Writes the JSON (per variant: the run's length in epochs, accuracy mean/std over seeds and the
+per-seed values at each epoch, the cumulative training minutes (evaluation not counted), the dead
+channels at init and at the end), prints a markdown table, and draws the test-accuracy curves of all
+variants (``--figure``, PNG and SVG). Folders of runs of different lengths go in one table: epoch 5
+of a 10-epoch cosine schedule is not the end of a 5-epoch one, so each row names its budget.
 Minutes are this machine's: compare only numbers from one run on one machine.
 """
 
@@ -55,10 +57,13 @@ def summarize(folder: pathlib.Path, epochs: list[int]) -> dict:
                 ),
                 "train_minutes": float(minute),
             }
+    config = json.loads((folder / "config.json").read_text())
     return {
         "variant": folder.name,
-        "model": results.get("model")
-        or json.loads((folder / "config.json").read_text())["model"]["name"],
+        "model": config["model"]["name"],
+        # the run's length: a cosine schedule decays over it, so epoch 5 of a 10-epoch run is
+        # not a 5-epoch run
+        "budget_epochs": config["num_epochs"],
         "epochs_done": len(history),
         "seeds": len(history[-1]["test_accuracy"]) if history else 0,
         "at_epoch": points,
@@ -71,10 +76,12 @@ def summarize(folder: pathlib.Path, epochs: list[int]) -> dict:
 
 
 def table(rows: list[dict], epochs: list[int]) -> str:
-    head = ["variant", "seeds"] + [f"epoch {e}: test acc % (minutes)" for e in epochs]
+    head = ["variant", "budget (epochs)", "seeds"] + [
+        f"epoch {e}: test acc % (minutes)" for e in epochs
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["variant"], str(row["seeds"])]
+        cells = [row["variant"], str(row["budget_epochs"]), str(row["seeds"])]
         for epoch in epochs:
             point = row["at_epoch"].get(str(epoch))
             if point is None:
@@ -100,7 +107,8 @@ def figure(rows: list[dict], path: pathlib.Path, title: str) -> None:
             marker="o",
             ms=2.5,
             color=color,
-            label=f"{row['variant']} ({reporting.plural(row['seeds'], 'seed')})",
+            label=f"{row['variant']}, {row['budget_epochs']} epochs "
+            f"({reporting.plural(row['seeds'], 'seed')})",
         )
         ax.fill_between(
             x,

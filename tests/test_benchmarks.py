@@ -141,6 +141,8 @@ def test_time_to_accuracy_reads_a_sweep(local_sweep, tmp_path, capsys):
     minutes = (history[0]["epoch_time_s"] + history[1]["epoch_time_s"]) / 60
     assert row["at_epoch"]["2"]["train_minutes"] == pytest.approx(minutes)
     assert "1000" not in row["at_epoch"] and row["curve"][0] == history[0]["test_accuracy"][0]
+    budget = json.loads((folder / row["variant"] / "config.json").read_text())["num_epochs"]
+    assert row["budget_epochs"] == budget and row["model"] == "cnmf"
     table = capsys.readouterr().out
     assert table.count("| model=") == 4 and "| - |" in table
     assert out.with_suffix(".png").is_file() and out.with_suffix(".svg").is_file()
