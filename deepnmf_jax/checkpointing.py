@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 import deepnmf_jax
+from deepnmf_jax import dead_channels
 from deepnmf_jax import workdir as workdir_lib
 from deepnmf_jax.errors import CheckpointError
 
@@ -120,10 +121,9 @@ def restore_run(checkpoints, like_state, fetch, workdir) -> tuple[Any, Progress,
 def _legacy_dead(counts: list[int], history: list[dict]) -> dict[str, list[int]]:
     """A checkpoint written when one kind of dead channel was counted per model kept its counts
     at initialisation as a bare list; its kind is the one its epochs' records name."""
-    keys = [
-        k for k in ("dead_class_channels", "dead_hidden_channels") if history and k in history[0]
-    ]
-    return {keys[0]: counts} if keys else {}
+    named = [dead_channels.key(k) for k in ("class", "hidden")]
+    metric = next((k for k in named if history and k in history[0]), None)
+    return {metric: counts} if metric else {}
 
 
 class CheckpointWarning(UserWarning):

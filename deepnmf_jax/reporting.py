@@ -143,13 +143,8 @@ def finish(config, workdir: pathlib.Path, data, model, history: list[dict], prog
     schedule = optim.Schedule(config.optim, 1, config.num_epochs, config.batch_size)
     image_shape = (config.augment.crop_size, config.augment.crop_size, data.train.images.shape[-1])
     at_init = progress.dead_channels_at_init or {}
-    dead = {
-        dead_channels.key(kind): {
-            "at_init": at_init.get(dead_channels.key(kind)),
-            "final": history[-1].get(dead_channels.key(kind)),
-        }
-        for kind in dead_channels.rectified_kinds(model)
-    }
+    metrics = [dead_channels.key(kind) for kind in dead_channels.rectified_kinds(model)]
+    dead = {k: {"at_init": at_init.get(k), "final": history[-1].get(k)} for k in metrics}
     results = {
         "model": config.model.name,
         "config": json.loads(config.to_json_best_effort()),
