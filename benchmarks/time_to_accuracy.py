@@ -95,18 +95,26 @@ def table(rows: list[dict], epochs: list[int]) -> str:
     return "\n".join(lines)
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
 def figure(rows: list[dict], path: pathlib.Path, title: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 5), constrained_layout=True)
-    for index, row in enumerate(rows):
+    # One colour per variant, one line style per budget: a variant's runs of different lengths read
+    # as one family.
+    variants = list(dict.fromkeys(row["variant"] for row in rows))
+    budgets = sorted({row["budget_epochs"] for row in rows})
+    for row in rows:
         x = np.arange(1, len(row["curve"]) + 1)
-        color = f"C{index % 10}"
+        color = f"C{variants.index(row['variant']) % 10}"
         ax.plot(
             x,
             100 * np.asarray(row["curve"]),
             marker="o",
             ms=2.5,
             color=color,
+            ls=LINE_STYLES[budgets.index(row["budget_epochs"]) % len(LINE_STYLES)],
             label=f"{row['variant']}, {row['budget_epochs']} epochs "
             f"({reporting.plural(row['seeds'], 'seed')})",
         )
@@ -122,7 +130,7 @@ def figure(rows: list[dict], path: pathlib.Path, title: str) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right", handlelength=3.5)
     ax.set_title(title + ": test accuracy, seed mean and min-max band")
     fig.savefig(path, dpi=120)
     fig.savefig(path.with_suffix(".svg"))
