@@ -18,6 +18,7 @@ import argparse
 import json
 import pathlib
 import sys
+import textwrap
 
 import numpy as np
 
@@ -131,7 +132,9 @@ def figure(rows: list[dict], path: pathlib.Path, title: str) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", handlelength=3.5)
-    ax.set_title(title + ": test accuracy, seed mean and min-max band")
+    ax.set_title(
+        textwrap.fill(title + ": test accuracy, seed mean and min-max band", 100), fontsize=10
+    )
     fig.savefig(path, dpi=120)
     fig.savefig(path.with_suffix(".svg"))
     plt.close(fig)
