@@ -19,10 +19,11 @@ colour jitter drawn per image, 5,000 training images held out to choose ``best/`
 
 Measured on a 2-vCPU CPU: CNMF+1x1 reached 75.76 % test accuracy after 10 epochs (one seed,
 ``--config.num_epochs=10``; 70.90 % with ``num_epochs=5``); an epoch of one seed trained in 5-6
-minutes on an otherwise idle machine (9-13 beside the test suite), so the 40-epoch, 2-seed run is 7-9 hours there. CNN+1x1 wants
-``--config.model.batch_norm_1x1=True`` (74.19 +/- 0.26 % after 10 epochs and 77.36 +/- 0.43 % after
-20, 2 seeds, about 3 minutes an epoch for both); without it most of block 3's channels die behind their ReLUs. The 40-epoch accuracy
-has not been measured, nor any time on a GPU. README, "A fast recipe", has the numbers.
+minutes on an otherwise idle machine (9-13 beside the test suite), so the 40-epoch, 2-seed run is
+7-9 hours there. CNN+1x1 wants ``--config.model.batch_norm_1x1=True`` (74.19 +/- 0.26 % after 10
+epochs and 77.36 +/- 0.43 % after 20, 2 seeds, about 3 minutes an epoch for both); without it most
+of block 3's channels die behind their ReLUs. The 40-epoch accuracy has not been measured, nor any
+time on a GPU. README, "A fast recipe", has the numbers.
 
 ``configs/cifar10.py:sample`` trains 2 seeds for a few epochs on the CIFAR-10 sample bundled with
 the package (1,000 train / 500 test images): a few minutes on a laptop CPU. Expect test accuracy
