@@ -45,6 +45,8 @@ class Progress:
     step_in_epoch: int = 0
     loss_sum: list[float] | None = None  # per seed, over the current epoch's steps so far
     correct: list[int] | None = None
+    # training seconds of the current epoch so far: a resumed epoch's time counts them too
+    seconds: float = 0.0
     best_mean_accuracy: float = -1.0  # mean over seeds, on validation (else test) accuracy
     finished: bool = False
     stopped_because: str | None = None
@@ -62,6 +64,7 @@ class Progress:
             step_in_epoch=stats.next_step,
             loss_sum=[float(v) for v in stats.loss_sum],
             correct=[int(v) for v in stats.correct],
+            seconds=float(stats.seconds),
         )
 
     def after_epoch(self, epoch, selection, finished, stopped_because) -> Progress:

@@ -26,7 +26,7 @@ class EpochStats(NamedTuple):
     correct: np.ndarray  # (seeds,) int64: correct training predictions
     next_step: int  # where the epoch stopped: steps_per_epoch when it is complete
     images_per_s: float  # training throughput of this call, all seeds together
-    seconds: float
+    seconds: float  # training time of the epoch so far, the saved part of a resumed one included
 
 
 def train_epoch(
@@ -73,7 +73,7 @@ def train_epoch(
                 pending = []
     seconds = time.perf_counter() - start
     images_per_s = (step - first) * config.batch_size * len(run.seeds) / max(seconds, 1e-9)
-    return state, EpochStats(loss_sum, correct, step, images_per_s, seconds)
+    return state, EpochStats(loss_sum, correct, step, images_per_s, progress.seconds + seconds)
 
 
 def _check_finite(

@@ -335,9 +335,15 @@ def test_cli_ctrl_c_saves_and_exits_cleanly_then_resumes(uninterrupted_run, tmp_
     code, output = _finish(process)
     assert code == 130, output
     assert "checkpoint saved" in output and "Traceback" not in output
+    newest = max((tmp_path / "checkpoints").iterdir(), key=lambda d: int(d.name))
+    saved = json.loads((newest / "meta" / "metadata").read_text())["progress"]
     code, output = _finish(_cli(tmp_path, "--config.num_epochs=5"))
     assert code == 0, output
     assert_trees_equal(final_state(uninterrupted_run), final_state(tmp_path))
+    if saved["step_in_epoch"]:  # stopped mid-epoch (not in the instant after an epoch's end)
+        # the resumed epoch's time counts the part trained before the stop
+        epoch = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[saved["epoch"]])
+        assert 0 < saved["seconds"] <= epoch["epoch_time_s"]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results == {  # everything but the config (num_epochs may differ) and the time
         **json.loads((uninterrupted_run / "results.json").read_text()),
