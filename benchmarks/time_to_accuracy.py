@@ -5,16 +5,20 @@ to get there, for every variant of one or more sweep folders (e.g. ``configs/swe
         --out benchmarks/results/time_to_accuracy.json
 
 Writes the JSON (per variant: the run's length in epochs, accuracy mean/std over seeds and the
-per-seed values at each epoch, the cumulative training minutes (evaluation not counted), the dead
-channels at init and at the end), prints a markdown table, and draws the test-accuracy curves of all
-variants (``--figure``, PNG and SVG). Folders of runs of different lengths go in one table: epoch 5
-of a 10-epoch cosine schedule is not the end of a 5-epoch one, so each row names its budget.
-Minutes are this machine's: compare only numbers from one run on one machine.
+per-seed values at each epoch, the cumulative training minutes of all seeds (evaluation not
+counted), the dead channels at init and at the end), prints a markdown table, and draws the
+test-accuracy curves of all variants (``--figure``, PNG and SVG). Seeds of one variant trained as
+separate runs (same folder name, same config but for ``seed``, e.g. a second seed added later with
+``--set seed=22 --set num_seeds=1 --workdir OTHER``) are pooled into one row, their minutes added.
+Folders of runs of different lengths go in one table: epoch 5 of a 10-epoch cosine schedule is not
+the end of a 5-epoch one, so each row names its budget. Minutes are this machine's: compare only
+numbers from one run on one machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import pathlib
 import sys
@@ -37,42 +41,95 @@ def variant_folders(folder: pathlib.Path) -> list[pathlib.Path]:
     return [folder] if (folder / "metrics.jsonl").is_file() else []
 
 
-def summarize(folder: pathlib.Path, epochs: list[int]) -> dict:
-    """One variant: accuracy and cumulative minutes at each of ``epochs`` it reached."""
-    history = workdir_lib.read_jsonl(folder / "metrics.jsonl")
+# Settings that say how or where the seeds ran, not what was trained: runs that differ only in
+# these are one variant's seeds.
+NOT_THE_RECIPE = ("seed", "num_seeds", "seed_loop", "mesh", "progress", "tensorboard")
+
+
+def load_run(folder: pathlib.Path) -> dict:
+    config = json.loads((folder / "config.json").read_text())
     results_path = folder / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    minutes = np.cumsum([r["epoch_time_s"] for r in history]) / 60
-    by_epoch = {r["epoch"]: (r, m) for r, m in zip(history, minutes, strict=True)}
+    return {
+        "folder": folder,
+        "config": config,
+        "seeds": [config["seed"] + k for k in range(config["num_seeds"])],
+        "history": workdir_lib.read_jsonl(folder / "metrics.jsonl"),
+        "results": json.loads(results_path.read_text()) if results_path.is_file() else {},
+    }
+
+
+def group_seeds(runs: list[dict]) -> list[list[dict]]:
+    """Runs of one variant (same name, same config but for the seeds) trained apart, e.g. a second
+    seed as its own job (``--set seed=22 --set num_seeds=1``) in another folder, as one group;
+    each other run alone. Raises ValueError if two runs of a group share a seed."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        recipe = {k: v for k, v in run["config"].items() if k not in NOT_THE_RECIPE}
+        key = run["folder"].name + json.dumps(recipe, sort_keys=True)
+        group = groups.setdefault(key, [])
+        for other in group:
+            shared = sorted(set(other["seeds"]) & set(run["seeds"]))
+            if shared:
+                raise ValueError(
+                    f"{other['folder']} and {run['folder']} both trained seed {shared[0]} of "
+                    f"variant {run['folder'].name}; pass only one of them"
+                )
+        group.append(run)
+    return list(groups.values())
+
+
+def concat(lists) -> list:
+    return list(itertools.chain.from_iterable(lists))
+
+
+def pooled_dead_channels(runs: list[dict], key: str) -> dict | None:
+    """The runs' per-seed counts of results.json's ``key`` (``{"at_init": [...], "final": [...]}``)
+    end to end; None where a run has none (older runs, or a model without such channels)."""
+    counts = [run["results"].get(key) for run in runs]
+    if len(counts) == 1 or any(c is None for c in counts):
+        return counts[0] if len(counts) == 1 else None
+    return {
+        when: None if any(c.get(when) is None for c in counts) else concat(c[when] for c in counts)
+        for when in ("at_init", "final")
+    }
+
+
+def summarize(runs: list[dict], epochs: list[int]) -> dict:
+    """One variant, its seeds from one or more runs (``group_seeds``): accuracy at each of
+    ``epochs`` that every run reached, and the training minutes of all its seeds to get there."""
+    length = min(len(run["history"]) for run in runs)
+    records = [[run["history"][e] for run in runs] for e in range(length)]  # [epoch][run]
+    per_seed = [concat(r["test_accuracy"] for r in rs) for rs in records]  # [epoch][seed]
+    minutes = np.cumsum([sum(r["epoch_time_s"] for r in rs) for rs in records]) / 60
     points = {}
     for epoch in epochs:
-        if epoch in by_epoch:
-            record, minute = by_epoch[epoch]
-            points[str(epoch)] = {
-                "test_accuracy": reporting.mean_std(record["test_accuracy"]),
-                "per_seed": record["test_accuracy"],
-                **(
-                    {"val_accuracy": reporting.mean_std(record["val_accuracy"])}
-                    if "val_accuracy" in record
-                    else {}
-                ),
-                "train_minutes": float(minute),
+        if 1 <= epoch <= length and all(r["epoch"] == epoch for r in records[epoch - 1]):
+            point = {
+                "test_accuracy": reporting.mean_std(per_seed[epoch - 1]),
+                "per_seed": per_seed[epoch - 1],
+                "train_minutes": float(minutes[epoch - 1]),
             }
-    config = json.loads((folder / "config.json").read_text())
+            if all("val_accuracy" in r for r in records[epoch - 1]):
+                val = concat(r["val_accuracy"] for r in records[epoch - 1])
+                point["val_accuracy"] = reporting.mean_std(val)
+            points[str(epoch)] = point
+    config = runs[0]["config"]
     return {
-        "variant": folder.name,
+        "variant": runs[0]["folder"].name,
+        "runs": [str(run["folder"]) for run in runs],
         "model": config["model"]["name"],
         # the run's length: a cosine schedule decays over it, so epoch 5 of a 10-epoch run is
         # not a 5-epoch run
         "budget_epochs": config["num_epochs"],
-        "epochs_done": len(history),
-        "seeds": len(history[-1]["test_accuracy"]) if history else 0,
+        "epochs_done": length,
+        "seeds": sum(len(run["seeds"]) for run in runs),
+        "seed_values": concat(run["seeds"] for run in runs),
         "at_epoch": points,
-        "dead_class_channels": results.get("dead_class_channels"),
-        "dead_hidden_channels": results.get("dead_hidden_channels"),
-        "curve": [float(np.mean(r["test_accuracy"])) for r in history],
-        "curve_min": [float(np.min(r["test_accuracy"])) for r in history],
-        "curve_max": [float(np.max(r["test_accuracy"])) for r in history],
+        "dead_class_channels": pooled_dead_channels(runs, "dead_class_channels"),
+        "dead_hidden_channels": pooled_dead_channels(runs, "dead_hidden_channels"),
+        "curve": [float(np.mean(s)) for s in per_seed],
+        "curve_min": [float(np.min(s)) for s in per_seed],
+        "curve_max": [float(np.max(s)) for s in per_seed],
     }
 
 
@@ -155,13 +212,13 @@ def main(argv=None) -> int:
         "--figure", default="", help="PNG path of the curves (default: next to --out)"
     )
     args = parser.parse_args(argv)
-    rows = [
-        summarize(f, args.epochs)
-        for folder in args.folders
-        for f in variant_folders(pathlib.Path(folder))
-    ]
-    if not rows:
+    runs = [load_run(f) for folder in args.folders for f in variant_folders(pathlib.Path(folder))]
+    if not runs:
         parser.error(f"no training runs in {args.folders}")
+    try:
+        rows = [summarize(group, args.epochs) for group in group_seeds(runs)]
+    except ValueError as error:
+        parser.error(str(error))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"epochs": args.epochs, "variants": rows}, indent=1))

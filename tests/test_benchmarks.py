@@ -5,6 +5,7 @@ shapes of the device check's smoke size, so that its speed section compiles litt
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -116,14 +117,19 @@ def test_device_check_smoke_writes_every_section(tmp_path):
     assert "bfloat16_minus_float32_accuracy" in report["epoch"]
 
 
-def test_time_to_accuracy_reads_a_sweep(local_sweep, tmp_path, capsys):
-    """The time-to-accuracy table and curves of the smoke sweep: accuracy, seeds and cumulative
-    minutes at the asked epochs, '-' where a run did not get there."""
+def _time_to_accuracy():
     spec = importlib.util.spec_from_file_location(
         "time_to_accuracy", ROOT / "benchmarks" / "time_to_accuracy.py"
     )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_time_to_accuracy_reads_a_sweep(local_sweep, tmp_path, capsys):
+    """The time-to-accuracy table and curves of the smoke sweep: accuracy, seeds and cumulative
+    minutes at the asked epochs, '-' where a run did not get there."""
+    script = _time_to_accuracy()
     folder, _ = local_sweep
     out = tmp_path / "tta.json"
     assert script.main([str(folder), "--epochs", "1", "2", "1000", "--out", str(out)]) == 0
@@ -146,3 +152,35 @@ def test_time_to_accuracy_reads_a_sweep(local_sweep, tmp_path, capsys):
     table = capsys.readouterr().out
     assert table.count("| model=") == 4 and "| - |" in table
     assert out.with_suffix(".png").is_file() and out.with_suffix(".svg").is_file()
+
+
+def test_time_to_accuracy_pools_seeds_trained_apart(local_sweep, tmp_path, capsys):
+    """A variant's second seed trained as its own run in another folder joins the first one's row:
+    per-seed accuracies end to end, their mean, minutes added; a seed given twice is an error."""
+    script = _time_to_accuracy()
+    folder, _ = local_sweep
+    # the smoke sweep's seed-22 run, filed as if `--set seed=22` had rerun variant model=cnmf,seed=21
+    second = tmp_path / "second_seed" / "model=cnmf,seed=21"
+    shutil.copytree(folder / "model=cnmf,seed=22", second)
+    out = tmp_path / "tta.json"
+    runs = [str(folder / "model=cnmf,seed=21"), str(second)]
+    assert script.main([*runs, "--epochs", "2", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["variants"]
+    histories = [
+        [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (folder / "model=cnmf,seed=21", second)
+    ]
+    assert row["seeds"] == 2 and row["seed_values"] == [21, 22]
+    at_2 = row["at_epoch"]["2"]
+    assert at_2["per_seed"] == histories[0][1]["test_accuracy"] + histories[1][1]["test_accuracy"]
+    assert at_2["test_accuracy"]["mean"] == pytest.approx(sum(at_2["per_seed"]) / 2)
+    minutes = sum(h[0]["epoch_time_s"] + h[1]["epoch_time_s"] for h in histories) / 60
+    assert at_2["train_minutes"] == pytest.approx(minutes)
+    # dead channels: each run's per-seed counts end to end, None where a run has no count
+    counts = [{"at_init": [7], "final": [5]}, {"at_init": [4, 6], "final": None}]
+    pooled = script.pooled_dead_channels([{"results": {"dead": c}} for c in counts], "dead")
+    assert pooled == {"at_init": [7, 4, 6], "final": None}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        script.main([str(folder / "model=cnmf,seed=21"), str(folder / "model=cnmf,seed=21")])
+    assert "both trained seed 21 of variant model=cnmf,seed=21" in capsys.readouterr().err
