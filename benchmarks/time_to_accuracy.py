@@ -49,11 +49,16 @@ NOT_THE_RECIPE = ("seed", "num_seeds", "seed_loop", "mesh", "progress", "tensorb
 def load_run(folder: pathlib.Path) -> dict:
     config = json.loads((folder / "config.json").read_text())
     results_path = folder / "results.json"
+    history = workdir_lib.read_jsonl(folder / "metrics.jsonl")
     return {
         "folder": folder,
         "config": config,
+        # the run's length: a cosine schedule decays over it, so epoch 5 of a 10-epoch run is not a
+        # 5-epoch run. config.json keeps the num_epochs a run started with: a plateau-schedule run
+        # continued with a larger one (a resume may change it there) is as long as it went on.
+        "budget": max(config["num_epochs"], len(history)),
         "seeds": [config["seed"] + k for k in range(config["num_seeds"])],
-        "history": workdir_lib.read_jsonl(folder / "metrics.jsonl"),
+        "history": history,
         "results": json.loads(results_path.read_text()) if results_path.is_file() else {},
     }
 
@@ -64,8 +69,10 @@ def group_seeds(runs: list[dict]) -> list[list[dict]]:
     each other run alone. Raises ValueError if two runs of a group share a seed."""
     groups: dict[str, list[dict]] = {}
     for run in runs:
-        recipe = {k: v for k, v in run["config"].items() if k not in NOT_THE_RECIPE}
-        key = run["folder"].name + json.dumps(recipe, sort_keys=True)
+        # num_epochs: the budget stands for it (a continued run's config.json has the old one)
+        ignored = {*NOT_THE_RECIPE, "num_epochs"}
+        recipe = {k: v for k, v in run["config"].items() if k not in ignored}
+        key = f"{run['folder'].name} {run['budget']} {json.dumps(recipe, sort_keys=True)}"
         group = groups.setdefault(key, [])
         for other in group:
             shared = sorted(set(other["seeds"]) & set(run["seeds"]))
@@ -118,9 +125,8 @@ def summarize(runs: list[dict], epochs: list[int]) -> dict:
         "variant": runs[0]["folder"].name,
         "runs": [str(run["folder"]) for run in runs],
         "model": config["model"]["name"],
-        # the run's length: a cosine schedule decays over it, so epoch 5 of a 10-epoch run is
-        # not a 5-epoch run
-        "budget_epochs": config["num_epochs"],
+        "schedule": config["optim"]["schedule"],
+        "budget_epochs": runs[0]["budget"],
         "epochs_done": length,
         "seeds": sum(len(run["seeds"]) for run in runs),
         "seed_values": concat(run["seeds"] for run in runs),

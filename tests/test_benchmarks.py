@@ -176,6 +176,10 @@ def test_time_to_accuracy_pools_seeds_trained_apart(local_sweep, tmp_path, capsy
     assert at_2["test_accuracy"]["mean"] == pytest.approx(sum(at_2["per_seed"]) / 2)
     minutes = sum(h[0]["epoch_time_s"] + h[1]["epoch_time_s"] for h in histories) / 60
     assert at_2["train_minutes"] == pytest.approx(minutes)
+    # a run continued past its config.json's num_epochs (plateau schedule) is as long as it went on
+    json_path = second / "config.json"
+    json_path.write_text(json.dumps({**json.loads(json_path.read_text()), "num_epochs": 1}))
+    assert script.load_run(second)["budget"] == len(histories[1]) > 1
     # dead channels: each run's per-seed counts end to end, None where a run has no count
     counts = [{"at_init": [7], "final": [5]}, {"at_init": [4, 6], "final": None}]
     pooled = script.pooled_dead_channels([{"results": {"dead": c}} for c in counts], "dead")
