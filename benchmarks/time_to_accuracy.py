@@ -46,6 +46,12 @@ def variant_folders(folder: pathlib.Path) -> list[pathlib.Path]:
 NOT_THE_RECIPE = ("seed", "num_seeds", "seed_loop", "mesh", "progress", "tensorboard")
 
 
+def sweep_name(folder: pathlib.Path) -> str:
+    """A sweep folder's name; a single run's, or its sweep's where it is one of a sweep's runs."""
+    in_sweep = not (folder / "sweep.json").is_file() and (folder.parent / "sweep.json").is_file()
+    return folder.parent.name if in_sweep else folder.name
+
+
 def load_run(folder: pathlib.Path) -> dict:
     config = json.loads((folder / "config.json").read_text())
     results_path = folder / "results.json"
@@ -192,6 +198,7 @@ def figure(rows: list[dict], path: pathlib.Path, title: str) -> None:
         )
     ax.axhline(83.7, color="k", ls="--", lw=1, label="paper, CNMF+1x1 (83.7 %, ~370 epochs)")
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", handlelength=3.5)
@@ -233,7 +240,7 @@ def main(argv=None) -> int:
     figure(
         rows,
         pathlib.Path(args.figure) if args.figure else out.with_suffix(".png"),
-        ", ".join(pathlib.Path(f).name for f in args.folders),
+        ", ".join(dict.fromkeys(sweep_name(pathlib.Path(f)) for f in args.folders)),
     )
     print(f"wrote {out}")
     return 0
