@@ -76,7 +76,9 @@ def train_and_evaluate(
 
     Writes to ``workdir``: ``config.json``, ``metrics.jsonl`` (one line per epoch),
     ``tensorboard/``, ``checkpoints/`` and ``best/``, and at the end ``results.json`` and
-    ``learning_curves.png``. Rerunning with the same ``workdir`` resumes. In a multi-process run
+    ``learning_curves.png``. Rerunning with the same ``workdir`` resumes; a resume with other values
+    of keys that may change (``workdir.RESUMABLE_KEYS``: num_epochs, learning rates, paths) rewrites
+    ``config.json`` and keeps the old values in ``config_changes.jsonl``. In a multi-process run
     every process calls this; process 0 writes the logs and results and returns them, the others
     return None.
 
@@ -96,11 +98,13 @@ def train_and_evaluate(
     validate_data(config, data)
     current = json.loads(config.to_json_best_effort())
     workdir = pathlib.Path(workdir)
-    must_write_config = workdir_lib.check_config_matches(workdir, current)
+    changed = workdir_lib.check_config_matches(workdir, current)
     workdir = workdir_lib.prepare(workdir)
     with workdir_lib.exclusive(workdir) if primary else contextlib.nullcontext():
-        if primary and must_write_config:
+        if primary and changed is None:
             workdir_lib.write_config(workdir, current)
+        elif primary and changed:
+            workdir_lib.record_config_change(workdir, current, changed)
         run = _open(config, workdir, data)
         try:
             state, progress, history = _resume_or_start(run)

@@ -25,6 +25,7 @@ from deepnmf_jax.validation import INCIDENTAL_KEYS
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+CONFIG_CHANGES = "config_changes.jsonl"
 
 # Keys that may change between a run and its resumption (where the data comes from, how the run
 # reports, how long it goes on, how the same computation is laid out).
@@ -134,13 +135,14 @@ def complete_config(saved: dict) -> dict:
     return traverse_util.unflatten_dict(flat, sep=".")
 
 
-def check_config_matches(workdir: pathlib.Path, current: dict) -> bool:
+def check_config_matches(workdir: pathlib.Path, current: dict) -> dict[str, list] | None:
     """Raises if ``workdir`` holds a run with another configuration (keys outside
-    ``RESUMABLE_KEYS`` that differ). Returns whether ``config.json`` must be (re)written: it is
-    missing, or unreadable (an empty file from a crash), in which case a warning says so."""
+    ``RESUMABLE_KEYS`` that differ). Returns None when ``config.json`` must be written (it is
+    missing, or unreadable, an empty file from a crash, in which case a warning says so), else the
+    resumable keys whose value changed, ``{key: [saved, current]}`` (empty when none did)."""
     path = workdir / "config.json"
     if not path.exists():
-        return True
+        return None
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError:
@@ -149,7 +151,7 @@ def check_config_matches(workdir: pathlib.Path, current: dict) -> bool:
             "configuration",
             stacklevel=2,
         )
-        return True
+        return None
     saved_flat = traverse_util.flatten_dict(complete_config(saved), sep=".")
     current_flat = traverse_util.flatten_dict(current, sep=".")
     resumable = set(RESUMABLE_KEYS)
@@ -158,18 +160,39 @@ def check_config_matches(workdir: pathlib.Path, current: dict) -> bool:
     differ = sorted(
         k
         for k in saved_flat.keys() | current_flat.keys()
-        if k not in resumable and saved_flat.get(k) != current_flat.get(k)
+        if saved_flat.get(k) != current_flat.get(k)
     )
-    if differ:
-        shown = ", ".join(f"{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}" for k in differ)
+    refused = [k for k in differ if k not in resumable]
+    if refused:
+        shown = ", ".join(f"{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}" for k in refused)
         why = ""
-        if "num_epochs" in differ:
+        if "num_epochs" in refused:
             why = " (num_epochs sets the length of this run's learning-rate schedule)"
         raise ConfigError(
             f"{workdir} holds a run with a different configuration ({shown}){why}; resume with "
             "the same configuration or use another --workdir"
         )
-    return False
+    return {k: [saved_flat.get(k), current_flat.get(k)] for k in differ}
+
+
+def record_config_change(workdir: pathlib.Path, current: dict, changed: dict[str, list]) -> None:
+    """A run resumed with other values of resumable keys (``changed``, from
+    :func:`check_config_matches`): ``config.json`` becomes ``current``, the configuration the run
+    goes on with, and a line of ``config_changes.jsonl`` keeps the old values and how many epochs
+    were logged under them."""
+    with warnings.catch_warnings():  # a torn last line is reported when the run reads the file
+        warnings.simplefilter("ignore")
+        epochs = len(read_jsonl(workdir / "metrics.jsonl"))
+    log.info(
+        "%s: resumed after %d epochs with %s",
+        workdir,
+        epochs,
+        ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items()),
+    )
+    line = json.dumps({"after_epochs": epochs, "changed": changed}) + "\n"
+    with open(workdir / CONFIG_CHANGES, "a") as file:
+        file.write(line)
+    write_config(workdir, current)
 
 
 def write_config(workdir: pathlib.Path, current: dict) -> None:

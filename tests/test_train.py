@@ -181,6 +181,12 @@ def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(tmp_path):
         for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     ]
     assert epochs == [1, 2, 3]
+    # config.json is what the run went on with; the old budget is kept beside it
+    assert json.loads((tmp_path / "resumed" / "config.json").read_text())["num_epochs"] == 3
+    changes = (tmp_path / "resumed" / "config_changes.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in changes] == [
+        {"after_epochs": 2, "changed": {"num_epochs": [2, 3]}}
+    ]
 
 
 def test_running_batch_norm_keeps_statistics(tmp_path):

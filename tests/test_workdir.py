@@ -131,7 +131,10 @@ def test_damaged_side_files_do_not_block_a_resume(tmp_path):
 def test_num_epochs_may_change_on_resume_only_under_the_plateau_schedule(tmp_path):
     saved = json.loads(tiny_config(num_epochs=3).to_json_best_effort())
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert not workdir.check_config_matches(tmp_path, {**saved, "num_epochs": 50})
+    assert workdir.check_config_matches(tmp_path, {**saved, "num_epochs": 50}) == {
+        "num_epochs": [3, 50]
+    }
+    assert workdir.check_config_matches(tmp_path, saved) == {}
     cosine = json.loads(
         tiny_config(num_epochs=3, **{"optim.schedule": "cosine"}).to_json_best_effort()
     )
@@ -147,7 +150,7 @@ def test_a_run_written_before_a_key_existed_resumes_and_opens_with_its_old_value
     older = json.loads(json.dumps(current))
     del older["model"]["batch_norm_1x1"]  # a run from before the option
     (tmp_path / "config.json").write_text(json.dumps(older))
-    assert not workdir.check_config_matches(tmp_path, current)
+    assert workdir.check_config_matches(tmp_path, current) == {}
     assert runs.read_config(tmp_path).model.batch_norm_1x1 is False
     changed = json.loads(json.dumps(current))
     changed["model"]["batch_norm_1x1"] = True
