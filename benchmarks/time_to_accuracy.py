@@ -13,6 +13,13 @@ separate runs (same folder name, same config but for ``seed``, e.g. a second see
 Folders of runs of different lengths go in one table: epoch 5 of a 10-epoch cosine schedule is not
 the end of a 5-epoch one, so each row names its budget. Minutes are this machine's: compare only
 numbers from one run on one machine.
+
+``--keep OLD.json`` adds to the table the rows of an earlier ``--out`` whose runs are not among the
+folders given now (run folders that are gone, or on another machine), their numbers as they were
+measured; a row whose run is given again is measured again. The committed results grow this way:
+
+    python benchmarks/time_to_accuracy.py runs/recipes40 --epochs 1 5 10 20 40 \
+        --keep benchmarks/results/time_to_accuracy.json --out benchmarks/results/time_to_accuracy.json
 """
 
 from __future__ import annotations
@@ -145,6 +152,25 @@ def summarize(runs: list[dict], epochs: list[int]) -> dict:
     }
 
 
+def kept_rows(path: pathlib.Path, runs: list[dict]) -> tuple[list[dict], list[str]]:
+    """The rows of an earlier output at ``path`` none of whose runs is among ``runs`` (a row whose
+    run is read again is replaced by the new measurement), and that output's sweep names."""
+    if not path.is_file():
+        raise ValueError(f"--keep {path}: no such file")
+    try:
+        earlier = json.loads(path.read_text())
+        rows = earlier["variants"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"--keep {path}: not a time_to_accuracy output ({error})") from None
+    again = {str(run["folder"]) for run in runs}
+    kept = [row for row in rows if again.isdisjoint(row["runs"])]
+    # outputs written before "sweeps" was recorded: a run's sweep is its parent folder
+    names = earlier.get("sweeps") or [
+        pathlib.Path(r).parent.name for row in rows for r in row["runs"]
+    ]
+    return kept, names
+
+
 def table(rows: list[dict], epochs: list[int]) -> str:
     head = ["variant", "budget (epochs)", "seeds"] + [
         f"epoch {e}: test acc % (minutes)" for e in epochs
@@ -214,7 +240,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("folders", nargs="+", help="sweep folders (or single runs)")
+    parser.add_argument("folders", nargs="*", help="sweep folders (or single runs)")
     parser.add_argument("--epochs", type=int, nargs="+", default=[5, 10, 20, 40])
     parser.add_argument(
         "--out",
@@ -224,23 +250,43 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--figure", default="", help="PNG path of the curves (default: next to --out)"
     )
+    parser.add_argument(
+        "--keep",
+        default="",
+        metavar="OLD.json",
+        help="an earlier --out: its rows of runs not given now stay in the table as measured",
+    )
     args = parser.parse_args(argv)
     runs = [load_run(f) for folder in args.folders for f in variant_folders(pathlib.Path(folder))]
-    if not runs:
+    if not runs and not args.keep:
         parser.error(f"no training runs in {args.folders}")
+    sweeps = [sweep_name(pathlib.Path(f)) for f in args.folders]
     try:
-        rows = [summarize(group, args.epochs) for group in group_seeds(runs)]
+        kept, kept_sweeps = kept_rows(pathlib.Path(args.keep), runs) if args.keep else ([], [])
+        rows = kept + [summarize(group, args.epochs) for group in group_seeds(runs)]
     except ValueError as error:
         parser.error(str(error))
+    sweeps = list(dict.fromkeys(kept_sweeps + sweeps))
+    if kept:
+        measured = json.loads(pathlib.Path(args.keep).read_text())["epochs"]
+        missing = [e for e in args.epochs if e not in measured]
+        if missing:
+            print(
+                f"note: the rows kept from {args.keep} were measured at epochs {measured} only; "
+                f"they show '-' at {missing}",
+                file=sys.stderr,
+            )
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"epochs": args.epochs, "variants": rows}, indent=1))
+    out.write_text(
+        json.dumps({"epochs": args.epochs, "sweeps": sweeps, "variants": rows}, indent=1)
+    )
     print(table(rows, args.epochs))
     print("(in brackets: cumulative training minutes on this machine, evaluation not counted)")
     figure(
         rows,
         pathlib.Path(args.figure) if args.figure else out.with_suffix(".png"),
-        ", ".join(dict.fromkeys(sweep_name(pathlib.Path(f)) for f in args.folders)),
+        ", ".join(sweeps),
     )
     print(f"wrote {out}")
     return 0

@@ -188,3 +188,34 @@ def test_time_to_accuracy_pools_seeds_trained_apart(local_sweep, tmp_path, capsy
     with pytest.raises(SystemExit):
         script.main([str(folder / "model=cnmf,seed=21"), str(folder / "model=cnmf,seed=21")])
     assert "both trained seed 21 of variant model=cnmf,seed=21" in capsys.readouterr().err
+
+
+def test_time_to_accuracy_keeps_rows_of_runs_no_longer_here(local_sweep, tmp_path, capsys):
+    """--keep: an earlier output's rows stay (as measured) when their run folders are gone; a row
+    whose run is given again is measured again, not doubled; the sweep names carry over."""
+    script = _time_to_accuracy()
+    folder, _ = local_sweep
+    gone = tmp_path / "gone_sweep"
+    shutil.copytree(folder, gone)
+    first = tmp_path / "first.json"
+    assert script.main([str(gone / "model=cnn,seed=21"), "--epochs", "1", "--out", str(first)]) == 0
+    (old_row,) = json.loads(first.read_text())["variants"]
+    shutil.rmtree(gone)
+    out = tmp_path / "both.json"
+    again = str(folder / "model=cnmf,seed=21")
+    argv = [again, "--epochs", "1", "2", "--keep", str(first), "--out", str(out)]
+    assert script.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [row["runs"] for row in result["variants"]] == [old_row["runs"], [again]]
+    assert result["variants"][0] == old_row and result["sweeps"] == ["gone_sweep", folder.name]
+    captured = capsys.readouterr()
+    assert "measured at epochs [1] only; they show '-' at [2]" in captured.err
+    # the new output kept again with the same run: its row is replaced, not doubled
+    assert script.main([again, "--epochs", "1", "--keep", str(out), "--out", str(out)]) == 0
+    assert [row["runs"] for row in json.loads(out.read_text())["variants"]] == [
+        old_row["runs"],
+        [again],
+    ]
+    with pytest.raises(SystemExit):
+        script.main(["--keep", str(tmp_path / "nothing.json"), "--out", str(out)])
+    assert "nothing.json: no such file" in capsys.readouterr().err
