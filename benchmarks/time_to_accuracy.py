@@ -6,13 +6,13 @@ to get there, for every variant of one or more sweep folders (e.g. ``configs/swe
 
 Writes the JSON (per variant: the run's length in epochs, accuracy mean/std over seeds and the
 per-seed values at each epoch, the cumulative training minutes of all seeds (evaluation not
-counted), the dead channels at init and at the end), prints a markdown table, and draws the
-test-accuracy curves of all variants (``--figure``, PNG and SVG). Seeds of one variant trained as
-separate runs (same folder name, same config but for ``seed``, e.g. a second seed added later with
-``--set seed=22 --set num_seeds=1 --workdir OTHER``) are pooled into one row, their minutes added.
-Folders of runs of different lengths go in one table: epoch 5 of a 10-epoch cosine schedule is not
-the end of a 5-epoch one, so each row names its budget. Minutes are this machine's: compare only
-numbers from one run on one machine.
+counted), the CPU of each run, the dead channels at init and at the end), prints a markdown table,
+and draws the test-accuracy curves of all variants (``--figure``, PNG and SVG). Seeds of one variant
+trained as separate runs (same folder name, same config but for ``seed``, e.g. a second seed added
+later with ``--set seed=22 --set num_seeds=1 --workdir OTHER``) are pooled into one row, their
+minutes added. Folders of runs of different lengths go in one table: epoch 5 of a 10-epoch cosine
+schedule is not the end of a 5-epoch one, so each row names its budget. Minutes are the machine's:
+compare only numbers from one run on one machine.
 
 ``--keep OLD.json`` adds to the table the rows of an earlier ``--out`` whose runs are not among the
 folders given now (run folders that are gone, or on another machine), their numbers as they were
@@ -143,6 +143,8 @@ def summarize(runs: list[dict], epochs: list[int]) -> dict:
         "epochs_done": length,
         "seeds": sum(len(run["seeds"]) for run in runs),
         "seed_values": concat(run["seeds"] for run in runs),
+        # minutes are this CPU's (results.json's; None where a run has not finished)
+        "machines": [run["results"].get("machine", {}).get("cpu") for run in runs],
         "at_epoch": points,
         "dead_class_channels": pooled_dead_channels(runs, "dead_class_channels"),
         "dead_hidden_channels": pooled_dead_channels(runs, "dead_hidden_channels"),

@@ -149,6 +149,8 @@ def test_time_to_accuracy_reads_a_sweep(local_sweep, tmp_path, capsys):
     assert "1000" not in row["at_epoch"] and row["curve"][0] == history[0]["test_accuracy"][0]
     budget = json.loads((folder / row["variant"] / "config.json").read_text())["num_epochs"]
     assert row["budget_epochs"] == budget and row["model"] == "cnmf"
+    results = json.loads((folder / row["variant"] / "results.json").read_text())
+    assert row["machines"] == [results["machine"]["cpu"]] and results["machine"]["cpu"]
     table = capsys.readouterr().out
     assert table.count("| model=") == 4 and "| - |" in table
     assert out.with_suffix(".png").is_file() and out.with_suffix(".svg").is_file()
