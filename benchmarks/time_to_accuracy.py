@@ -55,6 +55,7 @@ NOT_THE_RECIPE = ("seed", "num_seeds", "seed_loop", "mesh", "progress", "tensorb
 
 def sweep_name(folder: pathlib.Path) -> str:
     """A sweep folder's name; a single run's, or its sweep's where it is one of a sweep's runs."""
+    folder = folder.resolve()  # "." or a bare run name has no name or parent of its own
     in_sweep = not (folder / "sweep.json").is_file() and (folder.parent / "sweep.json").is_file()
     return folder.parent.name if in_sweep else folder.name
 
@@ -164,8 +165,8 @@ def kept_rows(path: pathlib.Path, runs: list[dict]) -> tuple[list[dict], list[st
         rows = earlier["variants"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"--keep {path}: not a time_to_accuracy output ({error})") from None
-    again = {str(run["folder"]) for run in runs}
-    kept = [row for row in rows if again.isdisjoint(row["runs"])]
+    again = {run["folder"].resolve() for run in runs}
+    kept = [row for row in rows if again.isdisjoint(pathlib.Path(r).resolve() for r in row["runs"])]
     # outputs written before "sweeps" was recorded: a run's sweep is its parent folder
     names = earlier.get("sweeps") or [
         pathlib.Path(r).parent.name for row in rows for r in row["runs"]

@@ -192,7 +192,9 @@ def test_time_to_accuracy_pools_seeds_trained_apart(local_sweep, tmp_path, capsy
     assert "both trained seed 21 of variant model=cnmf,seed=21" in capsys.readouterr().err
 
 
-def test_time_to_accuracy_keeps_rows_of_runs_no_longer_here(local_sweep, tmp_path, capsys):
+def test_time_to_accuracy_keeps_rows_of_runs_no_longer_here(
+    local_sweep, tmp_path, capsys, monkeypatch
+):
     """--keep: an earlier output's rows stay (as measured) when their run folders are gone; a row
     whose run is given again is measured again, not doubled; the sweep names carry over."""
     script = _time_to_accuracy()
@@ -212,12 +214,13 @@ def test_time_to_accuracy_keeps_rows_of_runs_no_longer_here(local_sweep, tmp_pat
     assert result["variants"][0] == old_row and result["sweeps"] == ["gone_sweep", folder.name]
     captured = capsys.readouterr()
     assert "measured at epochs [1] only; they show '-' at [2]" in captured.err
-    # the new output kept again with the same run: its row is replaced, not doubled
-    assert script.main([again, "--epochs", "1", "--keep", str(out), "--out", str(out)]) == 0
-    assert [row["runs"] for row in json.loads(out.read_text())["variants"]] == [
-        old_row["runs"],
-        [again],
-    ]
+    # the new output kept again with the same run (given by another path): replaced, not doubled
+    monkeypatch.chdir(folder)
+    argv = ["model=cnmf,seed=21", "--epochs", "1", "--keep", str(out), "--out", str(out)]
+    assert script.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [row["runs"] for row in result["variants"]] == [old_row["runs"], ["model=cnmf,seed=21"]]
+    assert result["sweeps"] == ["gone_sweep", folder.name]
     with pytest.raises(SystemExit):
         script.main(["--keep", str(tmp_path / "nothing.json"), "--out", str(out)])
     assert "nothing.json: no such file" in capsys.readouterr().err
