@@ -155,14 +155,15 @@ def summarize(runs: list[dict], epochs: list[int]) -> dict:
     }
 
 
-def kept_rows(path: pathlib.Path, runs: list[dict]) -> tuple[list[dict], list[str]]:
+def kept_rows(path: pathlib.Path, runs: list[dict]) -> tuple[list[dict], list[str], list[int]]:
     """The rows of an earlier output at ``path`` none of whose runs is among ``runs`` (a row whose
-    run is read again is replaced by the new measurement), and that output's sweep names."""
+    run is read again is replaced by the new measurement), that output's sweep names and the
+    epochs it was measured at."""
     if not path.is_file():
         raise ValueError(f"--keep {path}: no such file")
     try:
         earlier = json.loads(path.read_text())
-        rows = earlier["variants"]
+        rows, measured = earlier["variants"], earlier["epochs"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"--keep {path}: not a time_to_accuracy output ({error})") from None
     again = {run["folder"].resolve() for run in runs}
@@ -171,7 +172,7 @@ def kept_rows(path: pathlib.Path, runs: list[dict]) -> tuple[list[dict], list[st
     names = earlier.get("sweeps") or [
         pathlib.Path(r).parent.name for row in rows for r in row["runs"]
     ]
-    return kept, names
+    return kept, names, measured
 
 
 def table(rows: list[dict], epochs: list[int]) -> str:
@@ -265,13 +266,14 @@ def main(argv=None) -> int:
         parser.error(f"no training runs in {args.folders}")
     sweeps = [sweep_name(pathlib.Path(f)) for f in args.folders]
     try:
-        kept, kept_sweeps = kept_rows(pathlib.Path(args.keep), runs) if args.keep else ([], [])
+        kept, kept_sweeps, measured = (
+            kept_rows(pathlib.Path(args.keep), runs) if args.keep else ([], [], [])
+        )
         rows = kept + [summarize(group, args.epochs) for group in group_seeds(runs)]
     except ValueError as error:
         parser.error(str(error))
     sweeps = list(dict.fromkeys(kept_sweeps + sweeps))
     if kept:
-        measured = json.loads(pathlib.Path(args.keep).read_text())["epochs"]
         missing = [e for e in args.epochs if e not in measured]
         if missing:
             print(
