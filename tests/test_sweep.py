@@ -122,6 +122,32 @@ def test_recipes_sweep_puts_the_fast_recipe_beside_the_papers():
     assert fast.num_epochs == sweep.base.num_epochs == 40
 
 
+def test_recipe_tuning_candidates_are_the_fast_recipe_and_changes_to_it():
+    """configs/sweeps/recipe_tuning.py: the candidate named like the fast recipe is exactly
+    configs/cifar10.py's FAST; CNN+1x1's rate candidates scale every group's rate around FAST with
+    BatchNorm at 1x1; 10,000 training and 5,000 validation images, 4 epochs, one seed."""
+    from configs import cifar10
+
+    sweep = spec.load(str(ROOT / "configs" / "sweeps" / "recipe_tuning.py") + ":cnn_1x1")
+    variants = {v.name: v.overrides for v in grid.variants(list(sweep.points))}
+    assert variants["cosine_sample"] == cifar10.FAST
+    assert variants["cosine_sample_bn1x1_lr0.5"] == {
+        **cifar10.FAST,
+        "model.batch_norm_1x1": True,
+        "optim.lr_a": 0.005,
+        "optim.lr_b": 0.0005,
+        "optim.lr_bn": 0.0005,
+    }
+    assert variants["cosine_sample_bn1x1_ema"]["optim.ema_decay"] == 0.998
+    base = sweep.base
+    assert base.model.name == "cnn_1x1" and base.num_epochs == 4 and base.num_seeds == 1
+    assert (base.data.train_limit, base.data.validation_size) == (15_000, 5_000)
+    planned = spec.plan(sweep, ["cosine_sample_bn1x1*"])  # every key exists in the config
+    assert [p.name for p in planned] == [
+        f"cosine_sample_bn1x1{s}" for s in ("", "_lr0.5", "_lr2", "_ls", "_ema")
+    ]
+
+
 def test_pareto_front_on_hand_made_points():
     params = [100, 200, 200, 300, 50, 300, 400]
     accuracy = [0.5, 0.7, 0.6, 0.7, 0.4, 0.8, 0.8]

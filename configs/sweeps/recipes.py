@@ -8,8 +8,9 @@ images (5,000 held out to choose ``best/`` on), the full test set:
     python benchmarks/time_to_accuracy.py runs/recipes --epochs 5 10 20 40 \\
         --out runs/recipes/time_to_accuracy.json --figure runs/recipes/time_to_accuracy
 
-On a 2-vCPU CPU an epoch of one seed took about 10 minutes with evaluation (CNMF+1x1) and 2
-(CNN+1x1): the whole grid is about 50 hours there; ``--set num_epochs=3`` is the short version.
+On a 2-vCPU CPU an epoch of one seed took about 6 minutes with evaluation (CNMF+1x1: 4.5-5 of
+training, 1 of evaluating 15,000 images) and 2-2.5 (CNN+1x1): the whole grid is about 45 hours
+there; ``--set num_epochs=3`` is the short version, ``--only`` picks variants.
 """
 
 import ml_collections
