@@ -22,10 +22,10 @@ seed, ``--config.num_epochs=40 --config.num_seeds=1``; about 160 minutes on an o
 EPYC), 79.77 % with ``--config.num_epochs=20`` (one seed), 75.64 +/- 0.18 % with 10 (2 seeds) and
 70.90 % with 5 (one seed). An epoch of one seed trains in 4-6 minutes on an otherwise idle machine
 (9-13 beside the test suite), so the default 40-epoch, 2-seed run is 5-8 hours there. CNN+1x1 wants
-``--config.model.batch_norm_1x1=True`` (74.19 +/- 0.26 % after 10 epochs and 77.36 +/- 0.43 %
-after 20, 2 seeds, about 3 minutes an epoch for both); without it most of block 3's channels die
-behind their ReLUs. Its 40-epoch accuracy has not been measured, nor any time on a GPU. README,
-"A fast recipe", has the numbers.
+``--config.model.batch_norm_1x1=True`` (79.88 +/- 0.08 % after the full 40 epochs, 2 seeds, 77
+minutes for both on the EPYC; 77.36 +/- 0.43 % after 20 and 74.19 +/- 0.26 % after 10); without it
+most of block 3's channels die behind their ReLUs. No time on a GPU has been measured. README, "A
+fast recipe", has the numbers.
 
 ``configs/cifar10.py:sample`` trains 2 seeds for a few epochs on the CIFAR-10 sample bundled with
 the package (1,000 train / 500 test images): a few minutes on a laptop CPU. Expect test accuracy
