@@ -227,6 +227,7 @@ def figure(rows: list[dict], path: pathlib.Path, title: str) -> None:
             lw=0,
         )
     ax.axhline(83.7, color="k", ls="--", lw=1, label="paper, CNMF+1x1 (83.7 %, ~370 epochs)")
+    ax.axhline(82.8, color="0.5", ls=":", lw=1, label="paper, CNN+1x1 (82.8 %)")
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("test accuracy (%)")

@@ -26,6 +26,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.groups_nmf = config_dict.placeholder(int)  # a-layer groups (None: model.groups)
     config.model.groups_mix = config_dict.placeholder(int)  # 1x1-layer groups (None: model.groups)
     config.model.iterations = 20  # NMF fixed-point iterations
+    # Training steps may run fewer NMF iterations (a recipe option: the model, and evaluation, keep
+    # model.iterations): train_iterations (0: model.iterations) in the first train_iterations_epochs
+    # epochs (0: in every epoch)
+    config.model.train_iterations = 0
+    config.model.train_iterations_epochs = 0
     config.model.epsilon = config_dict.placeholder(float)  # None: the paper's update
     # NMF backward: approximate (paper) | unrolled | implicit | local_kl | local_mse
     config.model.gradient = "approximate"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -35,6 +36,15 @@ class Steps(NamedTuple):
     end_epoch: Callable  # (state, epoch losses (seeds,)) -> state
     order: Callable  # (order key data, epoch, num_examples) -> permutation(s)
     placement: parallel.Placement
+    # the train step of the first early_epochs epochs (model.train_iterations_epochs), or None
+    train_early: Callable | None = None
+    early_epochs: int = 0
+
+    def train_for(self, epoch: int) -> Callable:
+        """The train step of ``epoch`` (counted from 1)."""
+        if self.train_early is not None and epoch <= self.early_epochs:
+            return self.train_early
+        return self.train
 
 
 # Config keys that do not change the compiled functions: besides the incidental ones, the seed and
@@ -97,6 +107,14 @@ def _build(config, num_classes: int, image_shape, steps_per_epoch: int, devices)
         ema_decay=config.optim.ema_decay,
         batch_sharding=placement.batch,
     )
+    # the training steps' model: the same parameters, model.train_iterations NMF iterations
+    fewer = config.model.train_iterations not in (0, config.model.iterations)
+    train_ctx = ctx
+    if fewer:
+        iterations = config.model.train_iterations
+        train_model = model_from_config(config, num_classes, image_shape[-1], iterations)
+        train_ctx = dataclasses.replace(ctx, model=train_model)
+    early_epochs = config.model.train_iterations_epochs if fewer else 0
     over_seeds = placement.over_seeds
     state, repl = placement.seeds, placement.replicated
     per_seed_order = config.data.order == "per_seed"
@@ -113,20 +131,25 @@ def _build(config, num_classes: int, image_shape, steps_per_epoch: int, devices)
         )
         return _checked_output(compiled, check)
 
-    return Steps(
-        ctx=ctx,
-        init=jitted(functools.partial(init_state, ctx), 0, state, state),
-        train=jitted(
-            functools.partial(train_step, ctx),
+    def train(context):
+        return jitted(
+            functools.partial(train_step, context),
             (0, None, None, 0 if per_seed_order else None),
             (state, repl, repl, order_sharding),
             (state, repl),
             donate=0,
-        ),
+        )
+
+    return Steps(
+        ctx=ctx,
+        init=jitted(functools.partial(init_state, ctx), 0, state, state),
+        train=train(ctx if early_epochs else train_ctx),
         predict=jitted(functools.partial(predict, ctx), (0, None), (state, repl), repl),
         end_epoch=jitted(functools.partial(end_epoch, ctx), 0, (state, state), state, donate=0),
         order=jax.jit(epoch_order, static_argnums=(2,), out_shardings=order_sharding),
         placement=placement,
+        train_early=train(train_ctx) if early_epochs else None,
+        early_epochs=early_epochs,
     )
 
 

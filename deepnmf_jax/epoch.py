@@ -37,6 +37,7 @@ def train_epoch(
     config, epoch, first = run.config, progress.epoch + 1, progress.step_in_epoch
     images, labels = run.train_arrays
     order = run.steps.order(run.order_keys, epoch, len(run.data.train))
+    train = run.steps.train_for(epoch)
     loss_sum = np.asarray(progress.loss_sum, np.float64)
     correct = np.asarray(progress.correct, np.int64)
     start, pending, step = time.perf_counter(), [], first
@@ -51,7 +52,7 @@ def train_epoch(
     )
     with bar:
         while step < run.steps_per_epoch and not (stop.requested and step > first):
-            state, metrics = run.steps.train(state, images, labels, order)
+            state, metrics = train(state, images, labels, order)
             pending.append(metrics)
             step += 1
             if (

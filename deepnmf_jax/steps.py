@@ -56,11 +56,14 @@ class StepContext:
         return self.model.batch_norm == "running"
 
 
-def model_from_config(config, num_classes: int, input_channels: int | None) -> models.DeepNMF:
-    """The model a config describes, with its NMF options passed whole."""
+def model_from_config(
+    config, num_classes: int, input_channels: int | None, iterations: int | None = None
+) -> models.DeepNMF:
+    """The model a config describes, with its NMF options passed whole; ``iterations`` replaces
+    ``model.iterations`` (the training steps' model with ``model.train_iterations``)."""
     m = config.model
     options = nmf.NMFOptions(
-        iterations=m.iterations,
+        iterations=iterations or m.iterations,
         epsilon=m.epsilon,
         gradient=m.gradient,
         remat=m.remat,

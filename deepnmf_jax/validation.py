@@ -64,6 +64,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{name} must be >= 1, got {config[name]}")
     at_least = {
         "model.iterations": (config.model.iterations, 1),
+        "model.train_iterations": (config.model.train_iterations, 0),
+        "model.train_iterations_epochs": (config.model.train_iterations_epochs, 0),
         "model.width": (config.model.width, 1e-9),
         "model.groups": (config.model.groups, 1),
         "data.train_limit": (config.data.train_limit, 0),
@@ -115,11 +117,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"config.optim.warmup_epochs = {optim_config.warmup_epochs} must be less than "
                 f"num_epochs = {config.num_epochs} (the schedule spans num_epochs)"
             )
+    _check_train_iterations(config.model)
     if config.model.head == "linear" and not models.has_linear_head(config.model.name):
         raise ConfigError(
             f"config.model.head = 'linear' makes the last layer a plain convolution, but model "
             f"{config.model.name!r} ends with an NMF layer (non-negative inputs only); use "
             "head = 'reference'"
+        )
+
+
+def _check_train_iterations(model: ml_collections.ConfigDict) -> None:
+    """``model.train_iterations`` needs NMF layers, and ``train_iterations_epochs`` needs it."""
+    if model.train_iterations and models.PAPER_MODELS[model.name]["a_layer"] != "nmf":
+        raise ConfigError(
+            f"config.model.train_iterations = {model.train_iterations} sets the NMF iterations "
+            f"of training steps, but model {model.name!r} has no NMF layer; leave it 0"
+        )
+    if model.train_iterations_epochs and not model.train_iterations:
+        raise ConfigError(
+            f"config.model.train_iterations_epochs = {model.train_iterations_epochs} needs "
+            "config.model.train_iterations > 0 (the iterations of those epochs)"
         )
 
 

@@ -123,7 +123,11 @@ def read_jsonl(path: pathlib.Path, repair: bool = False) -> list[dict]:
     return records
 
 
-ADDED_KEYS = {"model.batch_norm_1x1": False}
+ADDED_KEYS = {
+    "model.batch_norm_1x1": False,
+    "model.train_iterations": 0,
+    "model.train_iterations_epochs": 0,
+}
 """Config keys added after runs were written, each with the value every earlier run had (a new
 option's default keeps the old computation): a saved config without one is read as having it."""
 

@@ -146,6 +146,13 @@ def test_recipe_tuning_candidates_are_the_fast_recipe_and_changes_to_it():
     assert [p.name for p in planned] == [
         f"cosine_sample_bn1x1{s}" for s in ("", "_lr0.5", "_lr2", "_ls", "_ema")
     ]
+    assert not [name for name in variants if "train_iter" in name]  # NMF models only
+    nmf = spec.load(str(ROOT / "configs" / "sweeps" / "recipe_tuning.py"))
+    planned = spec.plan(nmf, ["*train_iter*"])
+    assert {p.name: p.config.model.train_iterations for p in planned} == {
+        "cosine_sample_train_iter10": 10,
+        "cosine_sample_train_iter5": 5,
+    }
 
 
 def test_pareto_front_on_hand_made_points():

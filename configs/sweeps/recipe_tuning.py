@@ -14,8 +14,8 @@ Candidates: the paper's recipe; a cosine schedule with one warm-up epoch; with a
 image; with two, three and five times the paper's learning rates; with label smoothing; with an EMA
 of the parameters; with a linear head (at half, two and three times the rates too); with BatchNorm
 at 1x1, with either head, and with it at half and twice the rates, with label smoothing and with an
-EMA (CNN+1x1's own recipe, tuned like CNMF+1x1's); with running-average BatchNorm; and the one-cycle
-schedule. README, "How the recipe was chosen", has the validation accuracy of each.
+EMA (CNN+1x1's own recipe, tuned like CNMF+1x1's); with running-average BatchNorm; the one-cycle
+schedule; and (CNMF+1x1 only) training steps with 10 or 5 NMF iterations instead of 20. README, "How the recipe was chosen", has the validation accuracy of each.
 """
 
 import ml_collections
@@ -82,6 +82,12 @@ CANDIDATES = [
     },
 ]
 
+# Models with NMF layers only: training steps with fewer NMF iterations (evaluation keeps 20)
+NMF_CANDIDATES = [
+    {"recipe": f"cosine_sample_train_iter{n}", **PER_IMAGE, "model.train_iterations": n}
+    for n in (10, 5)
+]
+
 
 def get_config(model: str = "cnmf_1x1") -> ml_collections.ConfigDict:
     base = cifar10.get_config()
@@ -96,7 +102,8 @@ def get_config(model: str = "cnmf_1x1") -> ml_collections.ConfigDict:
     sweep.name = f"recipe_tuning_{model}"
     sweep.base = base
     # each candidate is named by its recipe (grid.LABEL), not by its many keys
-    sweep.points = [{grid.LABEL: c["recipe"], **_without(c, "recipe")} for c in CANDIDATES]
+    candidates = CANDIDATES + (NMF_CANDIDATES if model.startswith("cnmf") else [])
+    sweep.points = [{grid.LABEL: c["recipe"], **_without(c, "recipe")} for c in candidates]
     sweep.figures = ("curves",)
     return sweep
 
