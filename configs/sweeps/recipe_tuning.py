@@ -15,7 +15,8 @@ image; with two, three and five times the paper's learning rates; with label smo
 of the parameters; with a linear head (at half, two and three times the rates too); with BatchNorm
 at 1x1, with either head, and with it at half and twice the rates, with label smoothing and with an
 EMA (CNN+1x1's own recipe, tuned like CNMF+1x1's); with running-average BatchNorm; the one-cycle
-schedule; and (CNMF+1x1 only) training steps with 10 or 5 NMF iterations instead of 20. README, "How the recipe was chosen", has the validation accuracy of each.
+schedule; and (CNMF+1x1 only) training steps with 10 or 5 NMF iterations instead of 20. README,
+"How the recipe was chosen", has the validation accuracy of each.
 """
 
 import ml_collections
