@@ -61,7 +61,9 @@ def sweep_name(folder: pathlib.Path) -> str:
 
 
 def load_run(folder: pathlib.Path) -> dict:
-    config = json.loads((folder / "config.json").read_text())
+    # a run saved before a config key was added lacks it: read as the value it ran with, so that
+    # an older seed pools with a newer one of the same recipe
+    config = workdir_lib.complete_config(json.loads((folder / "config.json").read_text()))
     results_path = folder / "results.json"
     history = workdir_lib.read_jsonl(folder / "metrics.jsonl")
     return {

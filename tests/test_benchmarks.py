@@ -10,7 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from flax import traverse_util
 
+from deepnmf_jax import workdir
 from tests.runners import ROOT, subprocess_env
 
 
@@ -164,6 +166,12 @@ def test_time_to_accuracy_pools_seeds_trained_apart(local_sweep, tmp_path, capsy
     # the smoke sweep's seed-22 run, filed as if `--set seed=22` had rerun variant model=cnmf,seed=21
     second = tmp_path / "second_seed" / "model=cnmf,seed=21"
     shutil.copytree(folder / "model=cnmf,seed=22", second)
+    # ... saved before the newest config keys existed (workdir.ADDED_KEYS): the same recipe still
+    json_path = second / "config.json"
+    saved = traverse_util.flatten_dict(json.loads(json_path.read_text()), sep=".")
+    old = {k: v for k, v in saved.items() if k not in workdir.ADDED_KEYS}
+    assert len(old) < len(saved)
+    json_path.write_text(json.dumps(traverse_util.unflatten_dict(old, sep=".")))
     out = tmp_path / "tta.json"
     runs = [str(folder / "model=cnmf,seed=21"), str(second)]
     assert script.main([*runs, "--epochs", "2", "--out", str(out)]) == 0
@@ -179,7 +187,6 @@ def test_time_to_accuracy_pools_seeds_trained_apart(local_sweep, tmp_path, capsy
     minutes = sum(h[0]["epoch_time_s"] + h[1]["epoch_time_s"] for h in histories) / 60
     assert at_2["train_minutes"] == pytest.approx(minutes)
     # a run continued past its config.json's num_epochs (plateau schedule) is as long as it went on
-    json_path = second / "config.json"
     json_path.write_text(json.dumps({**json.loads(json_path.read_text()), "num_epochs": 1}))
     assert script.load_run(second)["budget"] == len(histories[1]) > 1
     # dead channels: each run's per-seed counts end to end, None where a run has no count
