@@ -12,7 +12,9 @@ trained as separate runs (same folder name, same config but for ``seed``, e.g. a
 later with ``--set seed=22 --set num_seeds=1 --workdir OTHER``) are pooled into one row, their
 minutes added. Folders of runs of different lengths go in one table: epoch 5 of a 10-epoch cosine
 schedule is not the end of a 5-epoch one, so each row names its budget. Minutes are the machine's:
-compare only numbers from one run on one machine.
+compare only numbers from one run on one machine. Rows of one variant name and budget that are
+different recipes (the variant retrained with a ``--set``, in another folder) are labelled with
+their folders' parents, e.g. ``cnmf_1x1,fast (recipes20_cnmf_iter10)``.
 
 ``--keep OLD.json`` adds to the table the rows of an earlier ``--out`` whose runs are not among the
 folders given now (run folders that are gone, or on another machine), their numbers as they were
@@ -25,6 +27,7 @@ measured; a row whose run is given again is measured again. The committed result
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import pathlib
@@ -140,6 +143,8 @@ def summarize(runs: list[dict], epochs: list[int]) -> dict:
     return {
         "variant": runs[0]["folder"].name,
         "runs": [str(run["folder"]) for run in runs],
+        # the folders the runs lie in (a sweep's), to tell rows of one variant name apart
+        "parents": [run["folder"].resolve().parent.name for run in runs],
         "model": config["model"]["name"],
         "schedule": config["optim"]["schedule"],
         "budget_epochs": runs[0]["budget"],
@@ -177,13 +182,27 @@ def kept_rows(path: pathlib.Path, runs: list[dict]) -> tuple[list[dict], list[st
     return kept, names, measured
 
 
+def labelled(rows: list[dict]) -> list[dict]:
+    """The rows, each with a ``label``: its variant's name, and where another row has the same name
+    and budget, the folders its runs lie in (rows kept from an older output: their runs' parents)."""
+    clashes = collections.Counter((row["variant"], row["budget_epochs"]) for row in rows)
+    out = []
+    for row in rows:
+        label = row["variant"]
+        if clashes[row["variant"], row["budget_epochs"]] > 1:
+            parents = row.get("parents") or [pathlib.Path(r).parent.name for r in row["runs"]]
+            label += f" ({' + '.join(dict.fromkeys(parents))})"
+        out.append({**row, "label": label})
+    return out
+
+
 def table(rows: list[dict], epochs: list[int]) -> str:
     head = ["variant", "budget (epochs)", "seeds"] + [
         f"epoch {e}: test acc % (minutes)" for e in epochs
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["variant"], str(row["budget_epochs"]), str(row["seeds"])]
+        cells = [row["label"], str(row["budget_epochs"]), str(row["seeds"])]
         for epoch in epochs:
             point = row["at_epoch"].get(str(epoch))
             if point is None:
@@ -205,11 +224,11 @@ def figure(rows: list[dict], path: pathlib.Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8.5, 5), constrained_layout=True)
     # One colour per variant, one line style per budget: a variant's runs of different lengths read
     # as one family.
-    variants = list(dict.fromkeys(row["variant"] for row in rows))
+    labels = list(dict.fromkeys(row["label"] for row in rows))
     budgets = sorted({row["budget_epochs"] for row in rows})
     for row in rows:
         x = np.arange(1, len(row["curve"]) + 1)
-        color = f"C{variants.index(row['variant']) % 10}"
+        color = f"C{labels.index(row['label']) % 10}"
         ax.plot(
             x,
             100 * np.asarray(row["curve"]),
@@ -217,7 +236,7 @@ def figure(rows: list[dict], path: pathlib.Path, title: str) -> None:
             ms=2.5,
             color=color,
             ls=LINE_STYLES[budgets.index(row["budget_epochs"]) % len(LINE_STYLES)],
-            label=f"{row['variant']}, {row['budget_epochs']} epochs "
+            label=f"{row['label']}, {row['budget_epochs']} epochs "
             f"({reporting.plural(row['seeds'], 'seed')})",
         )
         ax.fill_between(
@@ -272,7 +291,7 @@ def main(argv=None) -> int:
         kept, kept_sweeps, measured = (
             kept_rows(pathlib.Path(args.keep), runs) if args.keep else ([], [], [])
         )
-        rows = kept + [summarize(group, args.epochs) for group in group_seeds(runs)]
+        rows = labelled(kept + [summarize(group, args.epochs) for group in group_seeds(runs)])
     except ValueError as error:
         parser.error(str(error))
     sweeps = list(dict.fromkeys(kept_sweeps + sweeps))

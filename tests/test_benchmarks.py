@@ -151,6 +151,7 @@ def test_time_to_accuracy_reads_a_sweep(local_sweep, tmp_path, capsys):
     assert "1000" not in row["at_epoch"] and row["curve"][0] == history[0]["test_accuracy"][0]
     budget = json.loads((folder / row["variant"] / "config.json").read_text())["num_epochs"]
     assert row["budget_epochs"] == budget and row["model"] == "cnmf"
+    assert row["label"] == row["variant"]  # no other row of its name and budget
     results = json.loads((folder / row["variant"] / "results.json").read_text())
     assert row["machines"] == [results["machine"]["cpu"]] and results["machine"]["cpu"]
     table = capsys.readouterr().out
@@ -197,6 +198,30 @@ def test_time_to_accuracy_pools_seeds_trained_apart(local_sweep, tmp_path, capsy
     with pytest.raises(SystemExit):
         script.main([str(folder / "model=cnmf,seed=21"), str(folder / "model=cnmf,seed=21")])
     assert "both trained seed 21 of variant model=cnmf,seed=21" in capsys.readouterr().err
+
+
+def test_time_to_accuracy_labels_a_variant_retrained_with_another_recipe(
+    local_sweep, tmp_path, capsys
+):
+    """A variant retrained in another folder with a changed setting (``--set``) is its own row, and
+    both rows of that name and budget are labelled with their folders, in the table and the JSON."""
+    script = _time_to_accuracy()
+    folder, _ = local_sweep
+    other = tmp_path / "recipes_ls" / "model=cnmf,seed=21"
+    shutil.copytree(folder / "model=cnmf,seed=21", other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "label_smoothing": 0.1}))
+    out = tmp_path / "tta.json"
+    runs = [str(folder / "model=cnmf,seed=21"), str(other), str(folder / "model=cnn,seed=21")]
+    assert script.main([*runs, "--epochs", "1", "--out", str(out)]) == 0
+    labels = [row["label"] for row in json.loads(out.read_text())["variants"]]
+    assert labels == [
+        f"model=cnmf,seed=21 ({folder.name})",
+        "model=cnmf,seed=21 (recipes_ls)",
+        "model=cnn,seed=21",
+    ]
+    table = capsys.readouterr().out
+    assert all(f"| {label} |" in table for label in labels)
 
 
 def test_time_to_accuracy_keeps_rows_of_runs_no_longer_here(
