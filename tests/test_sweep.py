@@ -144,8 +144,11 @@ def test_recipe_tuning_candidates_are_the_fast_recipe_and_changes_to_it():
     assert (base.data.train_limit, base.data.validation_size) == (15_000, 5_000)
     planned = spec.plan(sweep, ["cosine_sample_bn1x1*"])  # every key exists in the config
     assert [p.name for p in planned] == [
-        f"cosine_sample_bn1x1{s}" for s in ("", "_lr0.5", "_lr2", "_ls", "_ema")
+        f"cosine_sample_bn1x1{s}" for s in ("", "_lr0.5", "_lr2", "_ls", "_ema", "_wd", "_batch100")
     ]
+    batch100 = planned[-1].config
+    assert (batch100.batch_size, batch100.optim.lr_batch_scaling) == (100, "sqrt")
+    assert planned[-2].config.optim.weight_decay == 0.05 and planned[-2].config.batch_size == 50
     assert not [name for name in variants if "train_iter" in name]  # NMF models only
     nmf = spec.load(str(ROOT / "configs" / "sweeps" / "recipe_tuning.py"))
     planned = spec.plan(nmf, ["*train_iter*"])
