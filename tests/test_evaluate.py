@@ -3,6 +3,7 @@ trained here, a run evaluated while it trains, export with jax.export (and ONNX)
 reference state_dict and a released model brought in as runs. The noise suite: test_noise.py."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from deepnmf_jax import models, reference
 from deepnmf_jax.evaluate import metrics, runs
 from tests.conftest import FIXTURES
-from tests.runners import run_module, subprocess_env
+from tests.runners import ROOT, run_module, subprocess_env
 from tests.test_train import _cli, _finish, _wait_for_epoch
 from tests.test_workdir import _tamper
 
@@ -57,7 +58,9 @@ def test_evaluate_a_run_and_a_sweep(local_sweep):
         assert len(seed["confusion"]) == 10 and sum(map(sum, seed["confusion"])) == 50
         assert (folder / name / "eval" / "confusion.png").stat().st_size > 10_000
     assert "statistics of each evaluation batch of 25 images" in output
-    code, output = _evaluate("--workdir", folder / CNMF, "--eval_batch_size", "50")
+    # a relative --workdir, as the README writes it (orbax wants absolute paths)
+    relative = os.path.relpath(folder / CNMF, ROOT)
+    code, output = _evaluate("--workdir", relative, "--eval_batch_size", "50")
     assert code == 0 and "batch of 50 images" in output, output
 
 

@@ -72,7 +72,8 @@ def _restore(step_dir: pathlib.Path, like_state, fetch) -> tuple[steps.TrainStat
     meta = json.loads((step_dir / "meta" / "metadata").read_text())
     abstract = checkpointing.abstract_like(like_state)
     with checkpointing._quiet_orbax():
-        state = ocp.StandardCheckpointer().restore(step_dir / "state", abstract)
+        # orbax takes absolute paths only; --workdir may be relative (runs/cnmf_1x1)
+        state = ocp.StandardCheckpointer().restore((step_dir / "state").absolute(), abstract)
     expected = meta.get("checksum")
     if expected is not None and checkpointing.tree_checksum(fetch(state)) != expected:
         raise checkpointing.ChecksumMismatch("its arrays do not match their stored checksum")
