@@ -222,8 +222,8 @@ LINE_STYLES = ("-", "--", ":", "-.")
 def figure(rows: list[dict], path: pathlib.Path, title: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 5), constrained_layout=True)
-    # One colour per variant, one line style per budget: a variant's runs of different lengths read
-    # as one family.
+    # One colour per label (the variant's name, and its folders where two recipes share it), one line
+    # style per budget: a variant's runs of different lengths read as one family.
     labels = list(dict.fromkeys(row["label"] for row in rows))
     budgets = sorted({row["budget_epochs"] for row in rows})
     for row in rows:
