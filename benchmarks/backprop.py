@@ -45,7 +45,7 @@ CONFIGS = [
 
 
 def _median_time(fn, steps, warmup):
-    from deepnmf_jax import benchmarking
+    from deepnmf_jax import machine as benchmarking
 
     return benchmarking.median_seconds(fn, steps, max(warmup, 1))[1]
 
@@ -58,25 +58,28 @@ def run_one(
     import jax.numpy as jnp
     import optax
 
-    sys.path.insert(0, str(ROOT))
-    from configs import default
-    from deepnmf_jax import losses, models, optim
+    from deepnmf_jax import models
+    from deepnmf_jax.configs import default
+    from deepnmf_jax.models import losses
+    from deepnmf_jax.training import optim
 
     model_name, _, gradient = config.partition(":")
     remat = gradient == "unrolled_remat"
-    model = models.build_model(
-        model_name,
-        width=width,
-        iterations=iterations,
-        gradient="unrolled" if remat else (gradient or "approximate"),
-        remat=remat,
+    backward = (
+        models.ModelConfig(
+            gradient="unrolled" if remat else (gradient or "approximate"), remat=remat
+        )
+        .nmf_options()
+        .backward
     )
+    model = models.build_model(model_name, width=width, iterations=iterations, backward=backward)
     key_images, key_labels, key_init = jax.random.split(jax.random.key(0), 3)
     images = jax.random.uniform(key_images, (batch, 28, 28, 3), jnp.float32)
     labels = jax.random.randint(key_labels, (batch,), 0, 10)
     init = jax.jit(functools.partial(model.init, train=False))  # not op by op
     params = init(key_init, images[:2])["params"]
-    tx = optim.make_optimizer(default.get_config().optim)
+    roles = models.anatomy(model, (28, 28, 3)).param_roles()
+    tx = optim.make_optimizer(default.get_config().optim, roles)
     opt_state = tx.init(params)
 
     def loss_fn(params):

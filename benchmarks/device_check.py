@@ -13,10 +13,16 @@ Sections, each written to the JSON as soon as it is done (a run cut short keeps 
    against the fixtures README's per-element bounds, so that TF32 or other reduced-precision matrix
    products would be caught; also the scaled error of the forward with ``precision="bfloat16"``
    and ``"tf32"``.
-3. ``speed``: the train step of each model at each batch size, 1 and 5 seeds, with ``seed_loop``
+3. ``loop_variants``: CNMF+1x1's train step with the NMF loops rolled (``lax.fori_loop``), fully
+   unrolled (``model.unroll=-1``) and rolled under XLA's command buffers for while loops (CUDA
+   graphs: ``--xla_gpu_enable_command_buffer=...,WHILE,CONDITIONAL``), at batch 50 and 256, 1 and
+   5 seeds: compile time, step time, images/s, and the floor (the step's FLOPs over the device's
+   measured matmul peak). Rows carry ``loop_variant``. The fastest becomes the GPU default only
+   once measured (until then the default stays rolled).
+4. ``speed``: the train step of each model at each batch size, 1 and 5 seeds, with ``seed_loop``
    vmap and map (rows as ``benchmarks/train_step.py``, with the peak device memory so far), and the
    paper's Fig. 2 ratios (approximate against unrolled backward, ``benchmarks/backprop.py``).
-4. ``epoch``: one CIFAR-10 epoch of CNMF+1x1 with 5 seeds through ``train_and_evaluate``, timed end
+5. ``epoch``: one CIFAR-10 epoch of CNMF+1x1 with 5 seeds through ``train_and_evaluate``, timed end
    to end with evaluation: the full archive from ``--data-dir`` if it is there, else the bundled
    sample repeated to 50,000 training and 10,000 test images; then the same with
    ``model.precision="bfloat16"`` and the accuracy difference.
@@ -28,25 +34,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import pickle
+import subprocess
 import sys
 import tempfile
 import time
 
+import backprop  # benchmarks/backprop.py, beside this script
+import jax
 import numpy as np
+import train_step  # benchmarks/train_step.py
+
+from deepnmf_jax import machine as benchmarking
+from deepnmf_jax import models, training
+from deepnmf_jax.configs import cifar10
+from deepnmf_jax.data import pipeline as input_pipeline
+from deepnmf_jax.reference import parity
+from deepnmf_jax.training import loop as train_lib
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-import backprop  # noqa: E402  (benchmarks/backprop.py)
-import jax  # noqa: E402
-import train_step  # noqa: E402  (benchmarks/train_step.py)
-
-from configs import cifar10  # noqa: E402
-from deepnmf_jax import benchmarking, input_pipeline, models, parity, train_lib  # noqa: E402
-
 FIXTURES = HERE.parent / "tests" / "fixtures"
 
 
@@ -147,6 +155,92 @@ def speed_section(args, budget: Budget, write) -> dict:
     return section
 
 
+LOOP_VARIANTS = {
+    # name: (model.unroll, extra XLA flags)
+    "rolled": (0, ""),
+    "unrolled": (-1, ""),
+    # XLA's command buffers (CUDA graphs) for the while loop and what runs inside it: the rolled
+    # loop's per-iteration kernel launches replayed as one graph
+    "command_buffer": (
+        0,
+        "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+        " --xla_gpu_graph_min_graph_size=1",
+    ),
+}
+
+
+def loop_variants_section(args, budget: Budget) -> dict:
+    """The NMF loop compiled three ways (:data:`LOOP_VARIANTS`), CNMF+1x1's train step at each
+    batch and seed count: each variant in its own process (XLA flags are per process), with
+    compile time, step time, images/s and the floor (the step's FLOPs over the device's measured
+    matmul peak)."""
+    section = {"rows": [], "skipped": []}
+    for variant, (unroll, flags) in LOOP_VARIANTS.items():
+        if budget.spent():
+            section["skipped"].append(f"{variant}: budget")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = pathlib.Path(tmp) / "rows.json"
+            command = [
+                sys.executable,
+                str(HERE / "train_step.py"),
+                "--models",
+                "cnmf_1x1",
+                "--batches",
+                *map(str, args.batches),
+                "--seeds",
+                *map(str, args.seeds),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--width",
+                str(args.width),
+                "--iterations",
+                str(args.iterations),
+                "--peak-size",
+                str(args.peak_size),
+                "--unroll",
+                str(unroll),
+                "--out",
+                str(out),
+            ]
+            env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()}
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode:
+                section["skipped"].append(f"{variant}: failed: {done.stderr.strip()[-600:]}")
+                continue
+            measured = json.loads(out.read_text())
+        for row in measured["rows"]:
+            floor_s = (
+                row["mflop_per_image"]
+                * 1e6
+                * row["batch"]
+                * row["seeds"]
+                / (measured["peak_gflops"] * 1e9)
+            )
+            section["rows"].append(
+                {
+                    "loop_variant": variant,
+                    "xla_flags": flags,
+                    **{
+                        k: row[k] for k in ("batch", "seeds", "compile_s", "step_s", "images_per_s")
+                    },
+                    "floor_s": floor_s,
+                    "step_over_floor": row["step_s"] / floor_s,
+                    "fraction_of_peak": row["fraction_of_peak"],
+                    "peak_gflops": measured["peak_gflops"],
+                }
+            )
+            print(
+                f"  {variant:<14} batch {row['batch']:>4} seeds {row['seeds']} "
+                f"{row['images_per_s']:>8.0f} img/s, step {1e3 * row['step_s']:.2f} ms "
+                f"(floor {1e3 * floor_s:.3f} ms), compile {row['compile_s']:.1f} s",
+                flush=True,
+            )
+    return section
+
+
 def write_cifar_folder(folder: pathlib.Path, train_size: int, test_size: int) -> pathlib.Path:
     """The bundled sample repeated to ``train_size`` / ``test_size`` images, written as the
     extracted CIFAR-10 python folder that the ``folder`` data source reads."""
@@ -178,20 +272,19 @@ def epoch_section(args, budget: Budget, workdir: pathlib.Path) -> dict:
         if budget.spent():
             section["runs"][precision] = "skipped: budget"
             continue
-        config = cifar10.get_config()
-        for key, value in {
-            "num_seeds": args.epoch_seeds,
-            "num_epochs": 1,
-            "model.precision": precision,
-            "model.width": args.width,
-            "model.iterations": args.iterations,
-            "data.source": "folder",
-            "data.data_dir": data_dir,
-            "progress": False,
-            "tensorboard": False,
-        }.items():
-            section_name, _, leaf = key.rpartition(".")
-            (config[section_name] if section_name else config)[leaf] = value
+        config = training.from_any(cifar10.get_config()).replace(
+            {
+                "num_seeds": args.epoch_seeds,
+                "num_epochs": 1,
+                "model.precision": precision,
+                "model.width": args.width,
+                "model.iterations": args.iterations,
+                "data.source": "folder",
+                "data.data_dir": data_dir,
+                "progress": False,
+                "tensorboard": False,
+            }
+        )
         start = time.perf_counter()
         results = train_lib.train_and_evaluate(config, workdir / f"run_{precision}")
         section["runs"][precision] = {
@@ -226,11 +319,12 @@ def main(argv=None) -> dict:
     args.seeds = [1, 5] if big else [2]  # smoke: one row per seed loop
     args.steps, args.warmup = (10, 2) if big else (1, 1)
     args.width, args.iterations = (1.0, 20) if big else (0.125, 2)
-    args.gradient, args.patch_conv, args.chunk_bytes, args.precision = (
+    args.gradient, args.patch_conv, args.chunk_bytes, args.precision, args.unroll = (
         "approximate",
         "matmul",
         None,
         "float32",
+        0,
     )
     args.peak_size = 8192 if big else 256
     args.epoch_train, args.epoch_test = (50_000, 10_000) if big else (100, 50)
@@ -247,6 +341,7 @@ def main(argv=None) -> dict:
     sections = [
         ("machine", lambda: machine_section()),
         ("parity", lambda: parity_section(args.layer_cases, args.parity_models)),
+        ("loop_variants", lambda: loop_variants_section(args, budget)),
         ("speed", lambda: speed_section(args, budget, write)),
     ]
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,11 +36,9 @@ import textwrap
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from deepnmf_jax import reporting
-from deepnmf_jax import workdir as workdir_lib
-from deepnmf_jax.plots import pyplot
+from deepnmf_jax import _format as reporting
+from deepnmf_jax._plotting import pyplot
+from deepnmf_jax.training import workdir as workdir_lib
 
 
 def variant_folders(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -66,7 +64,7 @@ def sweep_name(folder: pathlib.Path) -> str:
 def load_run(folder: pathlib.Path) -> dict:
     # a run saved before a config key was added lacks it: read as the value it ran with, so that
     # an older seed pools with a newer one of the same recipe
-    config = workdir_lib.complete_config(json.loads((folder / "config.json").read_text()))
+    config = workdir_lib.read_config(folder).to_dict()
     results_path = folder / "results.json"
     history = workdir_lib.read_jsonl(folder / "metrics.jsonl")
     return {

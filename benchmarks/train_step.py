@@ -19,32 +19,36 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from configs import default
-from deepnmf_jax import benchmarking, compiled, flops, models, param_counts
+from deepnmf_jax import machine as benchmarking
+from deepnmf_jax import models, training
+from deepnmf_jax.configs import default
+from deepnmf_jax.models import flops, param_counts
+from deepnmf_jax.training import program
 
 DEFAULT_OUT = "runs/benchmarks/train_step.json"
 
 
 def benchmark(model: str, seeds: int, batch: int, args) -> dict:
-    config = default.get_config()
-    config.model.name = model
-    config.model.gradient = args.gradient
-    config.model.width = args.width
-    config.model.iterations = args.iterations
-    config.model.patch_conv = args.patch_conv
-    config.model.chunk_bytes = args.chunk_bytes
-    config.model.precision = args.precision
-    config.seed_loop = args.seed_loop
-    config.num_seeds = seeds
-    config.batch_size = batch
+    config = training.from_any(default.get_config()).replace(
+        {
+            "model.name": model,
+            "model.gradient": args.gradient,
+            "model.width": args.width,
+            "model.iterations": args.iterations,
+            "model.patch_conv": args.patch_conv,
+            "model.chunk_bytes": args.chunk_bytes,
+            "model.precision": args.precision,
+            "model.unroll": args.unroll,
+            "seed_loop": args.seed_loop,
+            "num_seeds": seeds,
+            "batch_size": batch,
+        }
+    )
     num_images = batch * (args.steps + args.warmup + 1)
-    run = compiled.make_steps(config, 10, (32, 32, 3), steps_per_epoch=num_images // batch)
+    run = program.build(config, 10, (32, 32, 3), steps_per_epoch=num_images // batch)
     placement = run.placement
     seed_list = list(range(seeds))
     holder = {"states": run.init(placement.seed_keys(seed_list))}
@@ -101,7 +105,10 @@ def main(argv=None):
     parser.add_argument(
         "--chunk-bytes", type=int, default=None, help="NMF chunk size in bytes (None: auto, 0: off)"
     )
-    parser.add_argument("--precision", default="float32", help="model.precision: float32|mixed")
+    parser.add_argument("--precision", default="float32", help="model.precision: float32|bfloat16")
+    parser.add_argument(
+        "--unroll", type=int, default=0, help="model.unroll: 0 rolled, -1 fully unrolled, k"
+    )
     parser.add_argument("--seed-loop", default="auto", help="how seeds run: auto|vmap|map")
     parser.add_argument("--peak-size", type=int, default=4096, help="matrix size of the peak test")
     parser.add_argument(

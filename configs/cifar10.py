@@ -34,7 +34,7 @@ the package (1,000 train / 500 test images): a few minutes on a laptop CPU. Expe
 well above chance (10 %) but far below the paper, which uses all 50,000 images and ~100+ epochs.
 """
 
-from configs import default
+from deepnmf_jax.configs import default
 
 # The fast recipe (configs/sweeps/recipe_tuning.py chose it on validation accuracy): the same models,
 # a warm-up + cosine schedule over the run's num_epochs, colour jitter drawn per image.

@@ -6,7 +6,7 @@
 The reference code has no CIFAR-100 loader; this applies its CIFAR-10 recipe unchanged.
 """
 
-from configs import default
+from deepnmf_jax.configs import default
 
 
 def get_config():

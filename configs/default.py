@@ -42,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Matrix products of the NMF loops: "float32" (HIGHEST) | "bfloat16" (mixed: bf16 inputs,
     # float32 accumulation; h and the divisions stay float32) | "tf32" (Precision.DEFAULT)
     config.model.precision = "float32"
+    # The NMF loops' lax.fori_loop: 0 rolled (the default), -1 fully unrolled, k: k iterations
+    # per trip (the same values; on GPUs fewer loop launches)
+    config.model.unroll = 0
     # CNN a-layers: "matmul" (raw patches @ W / patch sums) | "conv" (a convolution / patch sums)
     # | "patches" (the reference's order: normalise each patch, then the linear map); all equal
     config.model.patch_conv = "matmul"

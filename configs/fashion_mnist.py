@@ -8,7 +8,7 @@ evaluation, no flip, no colour jitter. The paper reports Fashion-MNIST only in i
 no reference number in the code repository to reproduce.
 """
 
-from configs import default
+from deepnmf_jax.configs import default
 
 
 def get_config():

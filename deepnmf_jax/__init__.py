@@ -1,24 +1,90 @@
-"""deepnmf-jax: deep non-negative matrix factorization networks in JAX/Flax."""
+"""deepnmf-jax: deep non-negative matrix factorization networks in JAX and Flax.
 
-import importlib.metadata
+    import deepnmf_jax as dnmf
 
-from deepnmf_jax import layers, losses, models, nmf, reference
-from deepnmf_jax.models import build_model
-from deepnmf_jax.nmf import nmf_fixed_point, normalize_weight
+    h = dnmf.nmf_fixed_point(dnmf.l1_normalize(x), dnmf.normalize_weight(u))   # the NMF layer
+    model = dnmf.build_model("cnmf_1x1")                                        # a paper model
+    dnmf.train_and_evaluate(config, "runs/cnmf", model=None)                    # the trainer
+    model, variables = dnmf.pretrained.load("cnmf_1x1_cifar10_fast")            # released weights
 
-try:
-    __version__ = importlib.metadata.version("deepnmf-jax")  # one source: pyproject.toml
-except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+Subpackages by role, each importing only from those before it: ``core`` (pure JAX), ``nn`` (Flax
+layers, Linen and ``nnx``), ``models``, ``data``, ``reference`` (the PyTorch reference's layouts),
+``training``, ``pretrained``, ``experiments`` (sweeps), ``evaluation``, ``configs`` and ``cli``.
+"""
+
+from deepnmf_jax import (
+    configs,
+    core,
+    data,
+    evaluation,
+    experiments,
+    models,
+    pretrained,
+    reference,
+    training,
+)
+from deepnmf_jax._version import __version__
+from deepnmf_jax.core import (
+    Approximate,
+    Implicit,
+    LocalRule,
+    NMFOptions,
+    Unrolled,
+    checked,
+    extract_patches,
+    l1_normalize,
+    nmf_fixed_point,
+    normalize_weight,
+)
+from deepnmf_jax.models import (
+    PAPER_MODELS,
+    Block,
+    BlockSpec,
+    DeepNMF,
+    ModelConfig,
+    build_model,
+    paper_blocks,
+)
+from deepnmf_jax.models.losses import paper_loss, reference_loss
+from deepnmf_jax.nn import BatchNorm, Mix1x1, NMFConv, PatchConv, avg_pool, nnx
+from deepnmf_jax.training import TrainConfig, train_and_evaluate
 
 __all__ = [
+    "PAPER_MODELS",
+    "Approximate",
+    "BatchNorm",
+    "Block",
+    "BlockSpec",
+    "DeepNMF",
+    "Implicit",
+    "LocalRule",
+    "Mix1x1",
+    "ModelConfig",
+    "NMFConv",
+    "NMFOptions",
+    "PatchConv",
+    "TrainConfig",
+    "Unrolled",
     "__version__",
+    "avg_pool",
     "build_model",
-    "layers",
-    "losses",
+    "checked",
+    "configs",
+    "core",
+    "data",
+    "evaluation",
+    "experiments",
+    "extract_patches",
+    "l1_normalize",
     "models",
-    "nmf",
     "nmf_fixed_point",
+    "nnx",
     "normalize_weight",
+    "paper_blocks",
+    "paper_loss",
+    "pretrained",
     "reference",
+    "reference_loss",
+    "train_and_evaluate",
+    "training",
 ]

@@ -12,7 +12,7 @@ import pathlib
 
 import numpy as np
 
-from deepnmf_jax import input_pipeline
+from deepnmf_jax.data import pipeline as input_pipeline
 
 TRAIN_PER_CLASS = 100
 TEST_PER_CLASS = 50

@@ -5,15 +5,13 @@ array, in float64 and float32: the numbers quoted in the README.
 """
 
 import pathlib
-import sys
 
 import jax
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from deepnmf_jax import parity  # noqa: E402
+from deepnmf_jax.reference import parity  # noqa: E402
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 

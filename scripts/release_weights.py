@@ -22,10 +22,9 @@ import sys
 import numpy as np
 from flax import traverse_util
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from deepnmf_jax import input_pipeline
-from deepnmf_jax.evaluate import export, runs
+from deepnmf_jax.data import pipeline as input_pipeline
+from deepnmf_jax.evaluation import export, runs
+from deepnmf_jax.training.workdir import read_config
 
 FOLDER = pathlib.Path(__file__).resolve().parent.parent / "deepnmf_jax" / "pretrained"
 
@@ -49,7 +48,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     overrides = {"data_dir": args.data_dir, "source": "folder"} if args.data_dir else {}
     run = runs.open_run(args.run, args.checkpoint, data_overrides={**overrides, "test_limit": 0})
-    variables = export.seed_variables(run, args.seed_index)
+    variables = run.variables(args.seed_index)
     flat = traverse_util.flatten_dict(variables, sep="/")
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
@@ -85,7 +84,7 @@ def main(argv=None) -> int:
         },
         "command": args.command,
         # as trained: run.config is the evaluation's (another source drops the validation split)
-        "config": _portable(json.loads(runs.read_config(run.folder).to_json_best_effort())),
+        "config": _portable(read_config(pathlib.Path(args.run)).to_dict()),
     }
     (FOLDER / entry["file"]).write_bytes(data)
     manifest_path = FOLDER / "manifest.json"

@@ -85,15 +85,16 @@ def local_sweep(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("local_sweep")
     code, output = run_module(
-        "deepnmf_jax.sweep",
+        "deepnmf_jax",
+        "sweep",
         "run",
+        "--config",
         SMOKE,
         "--workdir",
         folder,
         "--max-parallel",
         "2",
-        "--set",
-        SWEEP_EPOCHS,
+        f"--config.{SWEEP_EPOCHS}",
     )
     assert code == 0, output
     return folder, output

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from deepnmf_jax.parity import out_of_fixture_bounds, scaled_error
+from deepnmf_jax.reference.parity import out_of_fixture_bounds, scaled_error
 
 __all__ = ["assert_close_to_reference", "scaled_error"]
 

@@ -13,10 +13,7 @@ SMOKE = str(ROOT / "configs" / "sweeps" / "smoke.py")
 # fusion emitters most of the rest (a tiny CNMF+1x1 run 29 s -> 16 s cold, CNN 17 s -> 9 s; the older
 # emitters compile faster and run these programs as fast). XLA's own graph optimisations still run,
 # so the arithmetic is the same. Every test process gets these.
-TEST_XLA_FLAGS = (
-    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    " --xla_cpu_use_fusion_emitters=false"
-)
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def xla_flags(devices: int = 1) -> str:

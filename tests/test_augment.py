@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepnmf_jax import augment
+from deepnmf_jax.data import augment
 
 
 def test_rgb_to_hsv_matches_colorsys_and_round_trips(getkey):

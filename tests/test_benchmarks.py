@@ -12,7 +12,7 @@ import sys
 import pytest
 from flax import traverse_util
 
-from deepnmf_jax import workdir
+from deepnmf_jax.training.config import ADDED_KEYS
 from tests.runners import ROOT, subprocess_env
 
 
@@ -108,6 +108,13 @@ def test_device_check_smoke_writes_every_section(tmp_path):
     assert 1e-5 < layer["bfloat16_h_scaled_error"] < 2e-2  # mixed precision really rounds
     speed = report["speed"]
     assert {(r["seeds"], r["seed_loop"]) for r in speed["rows"]} == {(2, "vmap"), (2, "map")}
+    # the GPU loop variants, each in its own process (the command-buffer flags parse on a CPU too)
+    loops = report["loop_variants"]
+    assert loops["skipped"] == [], loops["skipped"]
+    assert [r["loop_variant"] for r in loops["rows"]] == ["rolled", "unrolled", "command_buffer"]
+    for row in loops["rows"]:
+        assert row["step_s"] > 0 and row["compile_s"] > 0 and 0 < row["floor_s"] < row["step_s"]
+    assert "WHILE" in loops["rows"][2]["xla_flags"]
     assert [r["config"] for r in speed["fig2"]] == [
         "cnn",
         "cnmf_1x1:approximate",
@@ -167,10 +174,10 @@ def test_time_to_accuracy_pools_seeds_trained_apart(local_sweep, tmp_path, capsy
     # the smoke sweep's seed-22 run, filed as if `--set seed=22` had rerun variant model=cnmf,seed=21
     second = tmp_path / "second_seed" / "model=cnmf,seed=21"
     shutil.copytree(folder / "model=cnmf,seed=22", second)
-    # ... saved before the newest config keys existed (workdir.ADDED_KEYS): the same recipe still
+    # ... saved before the newest config keys existed (ADDED_KEYS): the same recipe still
     json_path = second / "config.json"
     saved = traverse_util.flatten_dict(json.loads(json_path.read_text()), sep=".")
-    old = {k: v for k, v in saved.items() if k not in workdir.ADDED_KEYS}
+    old = {k: v for k, v in saved.items() if k not in ADDED_KEYS}
     assert len(old) < len(saved)
     json_path.write_text(json.dumps(traverse_util.unflatten_dict(old, sep=".")))
     out = tmp_path / "tta.json"

@@ -1,4 +1,4 @@
-"""Evaluating trained runs (deepnmf_jax.evaluate): metrics by hand, the commands on tiny runs
+"""Evaluating trained runs (deepnmf_jax.evaluation, deepnmf evaluate): metrics by hand, the commands on tiny runs
 trained here, a run evaluated while it trains, export with jax.export (and ONNX), and a PyTorch
 reference state_dict and a released model brought in as runs. The noise suite: test_noise.py."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from deepnmf_jax import models, reference
-from deepnmf_jax.evaluate import metrics, runs
+from deepnmf_jax.evaluation import metrics, runs
 from tests.conftest import FIXTURES
 from tests.runners import ROOT, run_module, subprocess_env
 from tests.test_train import _cli, _finish, _wait_for_epoch
@@ -23,8 +23,20 @@ from tests.test_workdir import _tamper
 CNMF, CNN = "model=cnmf,seed=21", "model=cnn,seed=21"
 
 
+SUBCOMMANDS = (
+    "noise",
+    "export",
+    "attack",
+    "population-stats",
+    "import-reference",
+    "import-pretrained",
+)
+
+
 def _evaluate(*args):
-    return run_module("deepnmf_jax.evaluate", *args)
+    """``deepnmf evaluate ARGS``, or ``deepnmf SUBCOMMAND ARGS``."""
+    command = () if args and args[0] in SUBCOMMANDS else ("evaluate",)
+    return run_module("deepnmf_jax", *command, *args)
 
 
 # --- metrics by hand -------------------------------------------------------------------------------
@@ -52,15 +64,22 @@ def test_evaluate_a_run_and_a_sweep(local_sweep):
     for name in (CNMF, CNN, "model=cnn,seed=22", "model=cnmf,seed=22"):
         result = json.loads((folder / name / "eval" / "metrics.json").read_text())
         trained = json.loads((folder / name / "results.json").read_text())
-        # best/ holds the best epoch: its test accuracy is the one the training reported
-        assert result["accuracy"]["mean"] == trained["best_test_accuracy"]["mean"], name
+        assert "population statistics" in result["batch_norm"], name
         seed = result["per_seed"][0]
         assert len(seed["confusion"]) == 10 and sum(map(sum, seed["confusion"])) == 50
         assert (folder / name / "eval" / "confusion.png").stat().st_size > 10_000
-    assert "statistics of each evaluation batch of 25 images" in output
+    assert "population statistics (every image alike" in output
+    # with each batch's statistics, as in training: best/ holds the best epoch, and its test
+    # accuracy is the one the training reported
+    code, output = _evaluate("--workdir", folder, "--batch-stats")
+    assert code == 0 and "statistics of each evaluation batch of 25 images" in output, output
+    for name in (CNMF, CNN, "model=cnn,seed=22", "model=cnmf,seed=22"):
+        result = json.loads((folder / name / "eval" / "metrics.json").read_text())
+        trained = json.loads((folder / name / "results.json").read_text())
+        assert result["accuracy"]["mean"] == trained["best_test_accuracy"]["mean"], name
     # a relative --workdir, as the README writes it (orbax wants absolute paths)
     relative = os.path.relpath(folder / CNMF, ROOT)
-    code, output = _evaluate("--workdir", relative, "--eval_batch_size", "50")
+    code, output = _evaluate("--workdir", relative, "--eval-batch-size", "50", "--batch-stats")
     assert code == 0 and "batch of 50 images" in output, output
 
 
@@ -154,16 +173,16 @@ def test_exported_inference_runs_without_the_library_at_any_batch_size(local_swe
     )
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
     model = models.build_model("cnmf", width=0.125, iterations=2)
-    variables = {
-        "params": jax.tree_util.tree_map(
-            lambda a: np.asarray(a)[0], jax.device_get(run.state.params)
-        )
-    }
+    variables = run.variables(0)  # with the run's BatchNorm population statistics
+    assert "population" in variables and "population statistics" in manifest["batch_norm"]
     for path, size in zip(paths, (7, 25), strict=True):
         expected = model.apply(
             variables, jnp.asarray(images[:size, 2:30, 2:30], jnp.float32) / 255, train=False
         )
         np.testing.assert_allclose(np.load(str(path) + ".out.npy"), expected, rtol=0, atol=1e-6)
+    # batch-independent: the first 7 images get the same probabilities in a batch of 7 and of 25
+    seven, twenty_five = (np.load(str(p) + ".out.npy") for p in paths)
+    np.testing.assert_allclose(seven, twenty_five[:7], rtol=0, atol=1e-6)
     if "ONNX:" in output:  # jax2onnx is an optional extra; CI installs it
         pytest.skip(f"ONNX not checked here: {output.split('ONNX:')[1].strip()}")
     assert "onnxruntime agrees with JAX to" in output and (tmp_path / "model.onnx").exists()
@@ -175,10 +194,10 @@ def test_a_reference_state_dict_becomes_an_evaluated_run(tmp_path):
     state_dict = {k[len(prefix) :]: arrays[k] for k in arrays if k.startswith(prefix)}
     np.savez(tmp_path / "model.npz", **state_dict)  # what the two lines of torch write
     run = tmp_path / "run"
-    args = ("--state_dict", tmp_path / "model.npz", "--workdir", run)
+    args = ("--state-dict", tmp_path / "model.npz", "--workdir", run)
     code, output = _evaluate("import-reference", *args, "--model", "cnmf_1x1")
     assert code == 0, output
-    code, output = _evaluate("--workdir", run, "--source", "sample", "--test_limit", "100")
+    code, output = _evaluate("--workdir", run, "--source", "sample", "--test-limit", "100")
     assert code == 0 and "cnmf_1x1 (best/0, epoch 0) test accuracy" in output, output
     opened = runs.open_run(run, data_overrides={"source": "sample"})
     params = jax.tree_util.tree_map(lambda a: np.asarray(a)[0], jax.device_get(opened.state.params))
@@ -189,7 +208,7 @@ def test_a_reference_state_dict_becomes_an_evaluated_run(tmp_path):
     assert code == 1 and "already holds a run" in output
     code, output = _evaluate(
         "import-reference",
-        "--state_dict",
+        "--state-dict",
         tmp_path / "model.npz",
         "--workdir",
         tmp_path / "r2",

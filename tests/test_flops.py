@@ -1,6 +1,7 @@
 """The hand count of matrix-product flops (deepnmf_jax.flops) against counts worked out by hand."""
 
-from deepnmf_jax import flops, models
+from deepnmf_jax import models
+from deepnmf_jax.models import flops
 
 
 def test_first_nmf_layer_by_hand():

@@ -15,7 +15,8 @@ import threading
 import numpy as np
 import pytest
 
-from deepnmf_jax import archives, input_pipeline
+from deepnmf_jax.data import archives
+from deepnmf_jax.data import pipeline as input_pipeline
 
 
 def _batch(rng, n, label_key=b"labels", classes=10):

@@ -5,7 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepnmf_jax import layers, losses, nmf, patches
+from deepnmf_jax import core as nmf
+from deepnmf_jax.core import patches
+from deepnmf_jax.models import losses
+from deepnmf_jax.nn import linen as layers
 
 
 @pytest.mark.parametrize(
@@ -15,8 +18,8 @@ def test_patches_by_slices_equal_conv_general_dilated_patches(
     getkey, kernel_size, strides, padding
 ):
     x = jax.random.uniform(getkey(), (2, 7, 6, 3), jnp.float64)
-    slices = layers.extract_patches(x, kernel_size, strides, padding, method="slices")
-    conv = layers.extract_patches(x, kernel_size, strides, padding, method="conv")
+    slices = nmf.extract_patches(x, kernel_size, strides, padding, method="slices")
+    conv = nmf.extract_patches(x, kernel_size, strides, padding, method="conv")
     assert slices.shape == conv.shape
     np.testing.assert_array_equal(slices, conv)
 
@@ -25,15 +28,15 @@ def test_patch_feature_order_is_channel_major_like_torch_unfold():
     # x[n, h, w, c] = 100 c + 10 h + w: a 2x2 patch at (0, 0) reads c-major (c, ki, kj).
     h, w, c = np.meshgrid(np.arange(3), np.arange(3), np.arange(2), indexing="ij")
     x = jnp.asarray((100 * c + 10 * h + w)[None], jnp.float64)
-    patch = layers.extract_patches(x, 2)[0, 0, 0]
+    patch = nmf.extract_patches(x, 2)[0, 0, 0]
     np.testing.assert_array_equal(patch, [0, 1, 10, 11, 100, 101, 110, 111])
 
 
 def test_patch_errors():
     with pytest.raises(ValueError, match="larger than the padded input"):
-        layers.extract_patches(jnp.ones((1, 4, 4, 1)), 5)
+        nmf.extract_patches(jnp.ones((1, 4, 4, 1)), 5)
     with pytest.raises(ValueError, match="rank 4"):
-        layers.extract_patches(jnp.ones((4, 4, 1)), 2)
+        nmf.extract_patches(jnp.ones((4, 4, 1)), 2)
 
 
 def test_grouped_nmf_is_per_group_nmf_concatenated_and_renormalised(getkey):
@@ -70,9 +73,7 @@ def test_nmf_conv_probes_and_sown_input(getkey):
         return jnp.sum(g * codes), state["intermediates"]["nmf_input"][0]
 
     grads, nmf_input = jax.grad(loss, has_aux=True)(probes)
-    np.testing.assert_allclose(
-        nmf_input, nmf.l1_normalize(layers.extract_patches(x, 2)), rtol=1e-15
-    )
+    np.testing.assert_allclose(nmf_input, nmf.l1_normalize(nmf.extract_patches(x, 2)), rtol=1e-15)
     w = nmf.normalize_weight(params["kernel"]).astype(jnp.float64)
     expected = jax.grad(lambda x_: jnp.sum(g * nmf.nmf_fixed_point(x_, w, iterations=4)))(nmf_input)
     np.testing.assert_allclose(grads["nmf_input"], expected, rtol=1e-13)
@@ -88,7 +89,7 @@ def test_patch_conv_is_linear_map_of_l1_normalised_patches_with_torch_init(getke
     bound = 1 / np.sqrt(27)
     assert kernel.shape == (27, 4) and float(jnp.max(jnp.abs(kernel))) <= bound
     assert float(jnp.max(jnp.abs(bias))) <= bound and float(jnp.std(kernel)) > bound / 3
-    patches = layers.extract_patches(x, 3)
+    patches = nmf.extract_patches(x, 3)
     expected = patches / patches.sum(-1, keepdims=True) @ kernel.astype(jnp.float64)
     expected = expected + bias.astype(jnp.float64)[None, None, None]
     np.testing.assert_allclose(layer.apply(variables, x), expected, rtol=1e-13)
@@ -99,7 +100,7 @@ def test_patch_conv_is_linear_map_of_l1_normalised_patches_with_torch_init(getke
     np.testing.assert_allclose(plain.apply(variables, x), expected, rtol=1e-13)
     np.testing.assert_allclose(
         plain.apply(variables, signed) - bias.astype(jnp.float64)[None, None, None],
-        layers.extract_patches(signed, 3) @ kernel.astype(jnp.float64),
+        nmf.extract_patches(signed, 3) @ kernel.astype(jnp.float64),
         rtol=1e-12,
         atol=1e-14,
     )
@@ -139,6 +140,27 @@ def test_batch_norm_modes(getkey):
     evaluated = running.apply({**variables, "batch_stats": stats}, x, train=False)
     mean, var = (np.asarray(stats[k], np.float64)[None, None, None] for k in ("mean", "var"))
     np.testing.assert_allclose(evaluated, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-6)
+
+
+def test_batch_norm_population_statistics(getkey):
+    """With a ``population`` collection, evaluation normalises every image by it (whatever its
+    batch); training still uses the batch; and the batch's moments are put where asked."""
+    x = 3 + 2 * jax.random.normal(getkey(), (8, 2, 2, 3), jnp.float64)
+    norm = layers.BatchNorm("batch")
+    params = norm.init(getkey(), x, train=True)
+    population = {"mean": jnp.array([1.0, 2.0, 3.0]), "var": jnp.array([4.0, 1.0, 0.25])}
+    variables = {**params, layers.POPULATION: population}
+    by_hand = (x - population["mean"][None, None, None]) / jnp.sqrt(
+        population["var"][None, None, None] + 1e-5
+    )
+    np.testing.assert_allclose(norm.apply(variables, x, train=False), by_hand, rtol=1e-12)
+    one = norm.apply(variables, x[:1], train=False)  # one image: the same as in the batch
+    np.testing.assert_allclose(one, by_hand[:1], rtol=1e-12)
+    batch = norm.apply(params, x, train=True)
+    np.testing.assert_allclose(norm.apply(variables, x, train=True), batch, rtol=1e-15)
+    _, moments = norm.apply(params, x, train=False, mutable=[layers.MOMENTS])
+    np.testing.assert_allclose(moments[layers.MOMENTS]["mean"], x.mean((0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(moments[layers.MOMENTS]["var"], x.var((0, 1, 2)), rtol=1e-12)
 
 
 def test_reference_loss_by_hand():
@@ -234,7 +256,7 @@ def test_patch_sums_by_hand():
     x = jnp.arange(2 * 3 * 3 * 2, dtype=jnp.float64).reshape(1, 3, 3, 4)[..., :4]
     geometry = patches.patch_geometry(x.shape, 2)
     sums = patches.patch_sums(x, geometry, groups=2)  # (1, 2, 2, 2)
-    expected = layers.extract_patches(x, 2).reshape(1, 2, 2, 2, 8).sum(-1)
+    expected = nmf.extract_patches(x, 2).reshape(1, 2, 2, 2, 8).sum(-1)
     np.testing.assert_array_equal(sums, expected)
     # top-left window, channels 0-1: x[0, :2, :2, :2] = (0 + 1) + (4 + 5) + (12 + 13) + (16 + 17)
     assert float(sums[0, 0, 0, 0]) == 68.0

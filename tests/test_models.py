@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepnmf_jax import dead_channels, models, param_counts, parity, reference
+from deepnmf_jax import models, reference
+from deepnmf_jax.models import dead_channels, param_counts
+from deepnmf_jax.reference import parity
 from tests.conftest import FIXTURES
 from tests.helpers import assert_close_to_reference, scaled_error
 
@@ -49,7 +51,7 @@ def test_model_matches_reference_fixtures(name, dtype):
 def test_unrolled_gradient_differs_from_the_reference():
     """The fixtures were made with the one-step backward; autodiff through the loop is different."""
     fixture = _fixture("cnmf")
-    out = parity.model_fixture_outputs("cnmf", fixture, np.float64, gradient="unrolled")
+    out = parity.model_fixture_outputs("cnmf", fixture, np.float64, backward="unrolled")
     assert scaled_error(out["output/probs"], fixture["output/probs"]) < 1e-12  # same forward
     for param in ("block1.a.weight", "block4.a.weight"):
         key = f"grad/{param}"
@@ -152,14 +154,14 @@ def test_intermediates_and_float64_throughout(getkey):
     assert inter["block1"]["a"].shape == (2, 24, 24, 32)  # the final codes h of NMF layer 1
     np.testing.assert_allclose(np.sum(inter["block1"]["a"], -1), 1.0, rtol=1e-12)
     assert inter["block2"]["out"].shape == (2, 4, 4, 64)
-    assert all(v.dtype == jnp.float64 for b in inter.values() for v in b.values())
+    assert all(v.dtype == jnp.float64 for v in jax.tree_util.tree_leaves(inter))
 
 
 def test_build_model_rejects_bad_options():
     with pytest.raises(ValueError, match="unknown model"):
         models.build_model("cnmf1x1")
-    with pytest.raises(ValueError, match="gradient must be one of"):
-        models.build_model("cnmf", gradient="full")
+    with pytest.raises(ValueError, match="backward must be one of"):
+        models.build_model("cnmf", backward="full")
     with pytest.raises(ValueError, match="batch_norm must be one of"):
         models.build_model("cnmf", batch_norm="eval")
     with pytest.raises(TypeError):
@@ -170,7 +172,10 @@ def test_build_model_rejects_bad_options():
             lambda x: model.init(jax.random.key(0), x, train=False),
             jax.ShapeDtypeStruct((2, 28, 28, 3), jnp.float32),
         )
-    custom = models.DeepNMF(blocks=(models.BlockSpec(4, 3),), a_layer="nmf", mix=False)
+    custom = models.DeepNMF(
+        blocks=(models.BlockSpec(4, 3),),
+        block_cls=functools.partial(models.Block, a_layer="nmf", mix=False),
+    )
     with pytest.raises(ValueError, match="reduce the image to 1x1"):
         jax.eval_shape(
             lambda x: custom.init(jax.random.key(0), x, train=False),
@@ -180,15 +185,14 @@ def test_build_model_rejects_bad_options():
 
 def test_parameter_breakdown_and_separate_groups():
     """Fig. 6's split: NMF U, convolutions (CNN a-layers and 1x1 layers), BatchNorm; counts by hand."""
-    params = param_counts.abstract_params(models.build_model("cnmf_1x1"), (28, 28, 3))
-    counts = param_counts.param_breakdown(models.build_model("cnmf_1x1"), params)
+    counts = param_counts.param_breakdown(models.build_model("cnmf_1x1"), (28, 28, 3))
     assert counts["nmf"] == 75 * 32 + 800 * 64 + 1024 * 96 + 96 * 10 == 152_864
     assert counts["conv"] == 32 * 33 + 64 * 65 + 96 * 97 + 10 * 11 == 14_638
     assert counts["batchnorm"] == 384 and counts["total"] == PAPER_COUNTS["cnmf_1x1"]
     np.testing.assert_allclose(counts["cnn_nmf_ratio"], 14_638 / 152_864)
     # groups_nmf = 16 shrinks blocks 2-3's NMF layers 16-fold; groups_mix = 1 keeps the 1x1 layers.
     model = models.build_model("cnmf_1x1", groups_nmf=16, groups_mix=1)
-    counts = param_counts.param_breakdown(model, param_counts.abstract_params(model, (28, 28, 3)))
+    counts = param_counts.param_breakdown(model, (28, 28, 3))
     assert counts["nmf"] == 75 * 32 + 800 * 64 // 16 + 1024 * 96 // 16 + 96 * 10 == 12_704
     assert counts["conv"] == 14_638
     np.testing.assert_allclose(counts["cnn_nmf_ratio"], 14_638 / 12_704)
@@ -197,7 +201,7 @@ def test_parameter_breakdown_and_separate_groups():
     assert shapes["block2"]["a"]["kernel"].shape == (4, 200, 16)
     assert shapes["block2"]["b"]["kernel"].shape == (2, 32, 32)
     cnn = models.build_model("cnn_1x1")
-    counts = param_counts.param_breakdown(cnn, param_counts.abstract_params(cnn, (28, 28, 3)))
+    counts = param_counts.param_breakdown(cnn, (28, 28, 3))
     assert counts["nmf"] == 0 and counts["cnn_nmf_ratio"] is None
     assert counts["conv"] == 153_066 + 14_638 and counts["total"] == PAPER_COUNTS["cnn_1x1"]
 
@@ -255,13 +259,13 @@ def test_linear_head_of_the_plain_cnn(getkey):
         models.build_model("cnmf", head="linear")
 
 
-def test_which_channels_pass_a_relu_at_1x1():
+def test_which_channels_pass_a_relu_at_1x1(getkey):
     expected = {
         ("cnn", "reference"): ("hidden",),
         ("cnmf", "reference"): ("hidden",),
         # block 3's outputs pass block 4's input ReLU, the class channels the last one
-        ("cnn_1x1", "reference"): ("hidden", "class"),
-        ("cnmf_1x1", "reference"): ("hidden", "class"),
+        ("cnn_1x1", "reference"): ("class", "hidden"),
+        ("cnmf_1x1", "reference"): ("class", "hidden"),
         ("cnn", "linear"): (),
         # the linear head's last a-layer still rectifies block 3's outputs
         ("cnn_1x1", "linear"): ("hidden",),
@@ -269,18 +273,19 @@ def test_which_channels_pass_a_relu_at_1x1():
     }
     for (name, head), kinds in expected.items():
         model = models.build_model(name, width=0.25, head=head)
-        assert dead_channels.rectified_kinds(model) == kinds, (name, head)
+        assert dead_channels.kinds(model, (28, 28, 3)) == kinds, (name, head)
         normed = models.build_model(name, width=0.25, head=head, batch_norm_1x1=True)
-        assert dead_channels.rectified_kinds(normed) == (), (name, head)
-    inter = {"block3": {"out": "block 3's output"}, "block4": {"a": "the class channels"}}
-    assert dead_channels.rectified_inputs(models.build_model("cnn"), inter) == {
-        "hidden": "block 3's output"
-    }
-    assert dead_channels.rectified_inputs(models.build_model("cnn_1x1"), inter) == {
-        "hidden": "block 3's output",
-        "class": "the class channels",
-    }
-    assert dead_channels.rectified_inputs(models.build_model("cnn", head="linear"), inter) == {}
+        assert dead_channels.kinds(normed, (28, 28, 3)) == (), (name, head)
+    # the taps are block 3's output and the last block's a-layer output, before their ReLUs
+    model = models.build_model("cnn_1x1", width=0.25)
+    images = jax.random.uniform(getkey(), (3, 28, 28, 3))
+    variables = model.init(getkey(), images, train=False)
+    _, inter = model.apply(variables, images, train=False, return_intermediates=True)
+    taps = dead_channels.collect(inter)
+    np.testing.assert_array_equal(taps["hidden"], inter["block3"]["out"])
+    np.testing.assert_array_equal(taps["class"], inter["block4"]["a"])
+    maxima = dead_channels.channel_maxima(inter)
+    np.testing.assert_array_equal(maxima["class"], inter["block4"]["a"].reshape(3, -1).max(0))
 
 
 def test_dead_channels_counted_by_hand():

@@ -1,4 +1,4 @@
-"""The NMF layer (deepnmf_jax.nmf): reference fixtures, hand-worked numbers, autodiff and finite differences."""
+"""The NMF layer (deepnmf_jax.core): reference fixtures, hand-worked numbers, autodiff and finite differences."""
 
 import functools
 
@@ -9,7 +9,8 @@ import pytest
 from jax.experimental import checkify
 from jax.test_util import check_grads
 
-from deepnmf_jax import nmf, parity
+from deepnmf_jax import core as nmf
+from deepnmf_jax.reference import parity
 from tests.helpers import assert_close_to_reference, scaled_error
 
 CASES = list(parity.LAYER_CASES)
@@ -46,7 +47,7 @@ def test_float32_zero_patches_give_finite_gradients_in_every_mode(layer_fixtures
 
     def objective(x_raw, u):
         x, w = nmf.l1_normalize(x_raw), nmf.normalize_weight(u)
-        return jnp.sum(g * nmf.nmf_fixed_point(x, w, iterations=20, gradient=gradient))
+        return jnp.sum(g * nmf.nmf_fixed_point(x, w, iterations=20, backward=gradient))
 
     grad_x_raw, grad_u = jax.jit(jax.grad(objective, (0, 1)))(x_raw, u)
     assert bool(jnp.all(jnp.isfinite(grad_x_raw))) and bool(jnp.all(jnp.isfinite(grad_u)))
@@ -147,7 +148,7 @@ def test_local_learning_rules(small_problem):
     grad_x_approx = jax.grad(lambda x: jnp.sum(g * nmf.nmf_fixed_point(x, w)))(x)
     for rule, expected in want.items():
         gx, gw = jax.grad(
-            lambda x, w, rule=rule: jnp.sum(g * nmf.nmf_fixed_point(x, w, gradient=rule)), (0, 1)
+            lambda x, w, rule=rule: jnp.sum(g * nmf.nmf_fixed_point(x, w, backward=rule)), (0, 1)
         )(x, w)
         np.testing.assert_allclose(gw, expected, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(gx, grad_x_approx, rtol=1e-14)
@@ -156,7 +157,7 @@ def test_local_learning_rules(small_problem):
 def test_unrolled_gradient_passes_check_grads(small_problem):
     x, w, _ = small_problem
     x = x[1:]  # positive everywhere: finite differences stay in the domain
-    f = lambda x, w: nmf.nmf_fixed_point(x, w, iterations=5, gradient="unrolled")
+    f = lambda x, w: nmf.nmf_fixed_point(x, w, iterations=5, backward="unrolled")
     check_grads(f, (x, w), order=1, modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
@@ -164,7 +165,7 @@ def test_unrolled_remat_equals_unrolled(small_problem):
     x, w, g = small_problem
 
     def grads(remat):
-        f = lambda x, w: jnp.sum(g * nmf.nmf_fixed_point(x, w, gradient="unrolled", remat=remat))
+        f = lambda x, w: jnp.sum(g * nmf.nmf_fixed_point(x, w, backward=nmf.Unrolled(remat=remat)))
         return jax.grad(f, (0, 1))(x, w)
 
     for a, b in zip(grads(False), grads(True), strict=True):
@@ -174,16 +175,16 @@ def test_unrolled_remat_equals_unrolled(small_problem):
 def test_unrolled_differs_from_approximate(small_problem):
     x, w, g = small_problem
     grads = {
-        mode: jax.grad(lambda w, m=mode: jnp.sum(g * nmf.nmf_fixed_point(x, w, gradient=m)))(w)
+        mode: jax.grad(lambda w, m=mode: jnp.sum(g * nmf.nmf_fixed_point(x, w, backward=m)))(w)
         for mode in ("approximate", "unrolled")
     }
     assert scaled_error(grads["approximate"], grads["unrolled"]) > 0.1
 
 
-@functools.partial(jax.jit, static_argnames=("iterations", "gradient"))
-def _objective_grads(x, w, g, iterations, gradient):
+@functools.partial(jax.jit, static_argnames=("iterations", "backward"))
+def _objective_grads(x, w, g, iterations, backward):
     f = lambda x, w: jnp.sum(
-        g * nmf.nmf_fixed_point(x, w, iterations=iterations, gradient=gradient)
+        g * nmf.nmf_fixed_point(x, w, iterations=iterations, backward=backward)
     )
     return jax.grad(f, (0, 1))(x, w)
 
@@ -216,19 +217,19 @@ def test_implicit_gradient_matches_finite_differences_of_converged_loop():
             grad[index] = (loss(*plus) - loss(*minus)) / (2 * eps)
         return grad
 
-    implicit = _objective_grads(x, w, g, iterations=5000, gradient="implicit")
+    implicit = _objective_grads(x, w, g, iterations=5000, backward="implicit")
     for which in (0, 1):
         assert scaled_error(implicit[which], central_differences(which)) < 1e-8
     # After convergence the unrolled gradient agrees too, and the approximate one does not.
-    unrolled = _objective_grads(x, w, g, iterations=5000, gradient="unrolled")
-    approximate = _objective_grads(x, w, g, iterations=5000, gradient="approximate")
+    unrolled = _objective_grads(x, w, g, iterations=5000, backward="unrolled")
+    approximate = _objective_grads(x, w, g, iterations=5000, backward="approximate")
     assert scaled_error(unrolled[1], implicit[1]) < 1e-8
     assert scaled_error(approximate[1], implicit[1]) > 0.1
 
 
 def test_implicit_gradient_is_zero_for_zero_input(small_problem):
     x, w, g = small_problem
-    gx, gw = _objective_grads(x, w, g, iterations=20, gradient="implicit")
+    gx, gw = _objective_grads(x, w, g, iterations=20, backward="implicit")
     np.testing.assert_array_equal(gx[0, 1], 0.0)
     assert np.all(np.isfinite(gx)) and np.all(np.isfinite(gw))
 
@@ -236,7 +237,7 @@ def test_implicit_gradient_is_zero_for_zero_input(small_problem):
 def test_jit_equals_eager_and_vmap_equals_loop(small_problem):
     x, w, g = small_problem
     eager = _objective_grads.__wrapped__(x, w, g, 20, "approximate")
-    jitted = _objective_grads(x, w, g, iterations=20, gradient="approximate")
+    jitted = _objective_grads(x, w, g, iterations=20, backward="approximate")
     for a, b in zip(eager, jitted, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-20)
 
@@ -255,7 +256,7 @@ def test_jit_equals_eager_and_vmap_equals_loop(small_problem):
 @pytest.mark.parametrize("gradient", ["approximate", "unrolled", "implicit"])
 def test_composes_with_jax_checkpoint(small_problem, gradient):
     x, w, g = small_problem
-    f = lambda x, w: jnp.sum(g * nmf.nmf_fixed_point(x, w, iterations=6, gradient=gradient))
+    f = lambda x, w: jnp.sum(g * nmf.nmf_fixed_point(x, w, iterations=6, backward=gradient))
     for a, b in zip(
         jax.grad(f, (0, 1))(x, w), jax.grad(jax.checkpoint(f), (0, 1))(x, w), strict=True
     ):
@@ -293,12 +294,16 @@ def test_shape_errors_name_both_shapes():
         nmf.nmf_fixed_point(jnp.ones((2, 5)), jnp.ones((6, 4)))
     with pytest.raises(ValueError, match=r"\(6, 4, 1\)"):
         nmf.nmf_fixed_point(jnp.ones((2, 6)), jnp.ones((6, 4, 1)))
-    with pytest.raises(ValueError, match="gradient must be one of"):
-        nmf.nmf_fixed_point(jnp.ones((2, 6)), jnp.ones((6, 4)), gradient="full")
+    with pytest.raises(ValueError, match="backward must be one of"):
+        nmf.nmf_fixed_point(jnp.ones((2, 6)), jnp.ones((6, 4)), backward="full")
     with pytest.raises(ValueError, match="iterations"):
         nmf.nmf_fixed_point(jnp.ones((2, 6)), jnp.ones((6, 4)), iterations=-1)
     with pytest.raises(ValueError, match="remat"):
-        nmf.nmf_fixed_point(jnp.ones((2, 6)), jnp.ones((6, 4)), remat=True)
+        nmf.backward_from_name("approximate", remat=True)
+    with pytest.raises(ValueError, match=r"LocalRule\.kind"):
+        nmf.LocalRule("l1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unroll"):
+        nmf.NMFOptions(unroll=0)
     with pytest.raises(ValueError, match="floating"):
         nmf.nmf_fixed_point(jnp.ones((2, 6), jnp.int32), jnp.ones((6, 4)))
     with pytest.raises(ValueError, match=r"\(3,\)"):
@@ -343,7 +348,7 @@ def test_chunked_loop_equals_one_piece_in_every_gradient_mode(getkey, gradient):
     def run(chunk_bytes):
         def objective(x, u):
             h = nmf.nmf_fixed_point(
-                x, nmf.normalize_weight(u), iterations=6, gradient=gradient, chunk_bytes=chunk_bytes
+                x, nmf.normalize_weight(u), iterations=6, backward=gradient, chunk_bytes=chunk_bytes
             )
             return jnp.sum(g * h), h
 
@@ -356,3 +361,28 @@ def test_chunked_loop_equals_one_piece_in_every_gradient_mode(getkey, gradient):
     np.testing.assert_allclose(gx, gx1, rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(gu, gu1, rtol=1e-9, atol=1e-11)
     np.testing.assert_array_equal(h[0, 0], 0.0)
+
+
+@pytest.mark.parametrize("unroll", [True, 2, 3])
+def test_unrolled_loop_gives_the_rolled_values_and_gradients(small_problem, unroll):
+    """``NMFOptions.unroll`` (what the GPU loop variants use) changes how the loop is compiled,
+    not what it computes: the same codes and the same approximate and unrolled gradients."""
+    x, w, g = small_problem
+
+    def values(unroll, backward):
+        f = lambda x, w: jnp.sum(
+            g * nmf.nmf_fixed_point(x, w, iterations=7, unroll=unroll, backward=backward)
+        )
+        return (nmf.nmf_fixed_point(x, w, iterations=7, unroll=unroll), *jax.grad(f, (0, 1))(x, w))
+
+    for backward in ("approximate", "unrolled"):
+        for a, b in zip(values(False, backward), values(unroll, backward), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+def test_backward_rules_are_objects_and_names_alike():
+    assert nmf.NMFOptions(backward="unrolled").backward == nmf.Unrolled()
+    assert nmf.NMFOptions(backward="local_mse").backward == nmf.LocalRule("mse")
+    assert nmf.NMFOptions(backward=nmf.Implicit()).gradient == "implicit"
+    assert [nmf.backward_from_name(n).name for n in nmf.BACKWARD_NAMES] == list(nmf.BACKWARD_NAMES)
+    assert nmf.backward_from_name("unrolled", remat=True) == nmf.Unrolled(remat=True)

@@ -1,4 +1,4 @@
-"""The noise suite (deepnmf_jax.evaluate.corruptions, noise, noise_report): each corruption against
+"""The noise suite (deepnmf_jax.evaluation.corruptions, noise, noise_report): each corruption against
 a tiny image worked by hand, seeds pooled by hand, and the command on the trained smoke sweep."""
 
 import json
@@ -10,7 +10,7 @@ import pytest
 
 from deepnmf_jax import models
 from deepnmf_jax.errors import ConfigError
-from deepnmf_jax.evaluate import corruptions, noise_report, runs
+from deepnmf_jax.evaluation import corruptions, noise_report, runs
 from tests.test_evaluate import CNMF, CNN, _evaluate
 
 

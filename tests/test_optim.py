@@ -1,19 +1,24 @@
-"""The optimiser (deepnmf_jax.optim): parameter groups, Adam learning rates, torch's plateau schedule."""
+"""The optimiser (deepnmf_jax.training.optim): parameter groups, Adam learning rates, torch's plateau schedule."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import traverse_util
 
-from configs import default
-from deepnmf_jax import models, optim, param_counts
+from deepnmf_jax import models
+from deepnmf_jax.configs import default
+from deepnmf_jax.models import param_counts
+from deepnmf_jax.training import optim
 
 
 def _params(name="cnmf_1x1"):
     """The model's parameter tree (zeros: the tests need its structure and shapes only)."""
     shapes = param_counts.abstract_params(models.build_model(name, iterations=1), (28, 28, 3))
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _roles(name="cnmf_1x1"):
+    return models.anatomy(models.build_model(name, iterations=1), (28, 28, 3)).param_roles()
 
 
 def _optim_config(**overrides):
@@ -23,25 +28,50 @@ def _optim_config(**overrides):
 
 
 def test_parameter_groups():
-    labels = traverse_util.flatten_dict(optim.param_group_labels(_params("cnn_1x1")))
+    labels = traverse_util.flatten_dict(optim.param_group_labels(_roles("cnn_1x1")))
     assert labels[("block1", "a", "kernel")] == "a" and labels[("block1", "a", "bias")] == "a"
     assert labels[("block2", "b", "kernel")] == "b" and labels[("block4", "b", "bias")] == "b"
     assert (
         labels[("block1", "a_bn", "scale")] == "bn" and labels[("block2", "b_bn", "bias")] == "bn"
     )
     assert set(labels.values()) == {"a", "b", "bn"}
-    with pytest.raises(ValueError, match="no group"):
-        optim.param_group(("block1", "c", "kernel"))
+
+
+def test_parameter_groups_follow_the_layer_type_not_its_name():
+    """An NMF layer anywhere gets the NMF rate; Flax's own layers the 1x1 rate, norms the BN rate."""
+    import flax.linen as nn
+
+    from deepnmf_jax.nn import linen as layers
+
+    class Odd(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            x = layers.NMFConv(4, 3, name="mixer")(x)  # an NMF layer named like a 1x1 one
+            x = nn.LayerNorm(name="a")(x)  # a norm named like an a-layer
+            x = layers.BatchNorm(name="conv")(x, train)
+            return nn.softmax(nn.Dense(10, name="bn")(x.reshape(x.shape[0], -1)))
+
+    roles = models.anatomy(Odd(), (6, 6, 3)).param_roles()
+    labels = traverse_util.flatten_dict(optim.param_group_labels(roles))
+    assert labels == {
+        ("mixer", "kernel"): "a",
+        ("a", "scale"): "bn",
+        ("a", "bias"): "bn",
+        ("conv", "scale"): "bn",
+        ("conv", "bias"): "bn",
+        ("bn", "kernel"): "b",
+        ("bn", "bias"): "b",
+    }
 
 
 def test_first_adam_step_moves_each_group_by_its_learning_rate():
     config = default.get_config().optim
-    params = _params()
-    tx = optim.make_optimizer(config)
+    params, roles = _params(), _roles()
+    tx = optim.make_optimizer(config, roles)
     grads = jax.tree_util.tree_map(lambda p: jnp.ones_like(p), params)
     updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
     for path, update in traverse_util.flatten_dict(updates).items():
-        expected = {"a": 0.01, "b": 0.001, "bn": 0.001}[optim.param_group(path)]
+        expected = {"a": 0.01, "b": 0.001, "bn": 0.001}[optim.GROUP_OF_ROLE[roles[path]]]
         # Adam's first step is -lr * g / (|g| + eps) = -lr (1 - 1e-8) for g = 1.
         np.testing.assert_allclose(update, -expected, rtol=1e-6, err_msg=str(path))
 
@@ -132,12 +162,12 @@ def test_weight_decay_is_decoupled_and_spares_nmf_and_norms():
     """AdamW's first step with zero gradient is -lr * wd * p on the decayed leaves, 0 elsewhere."""
     config = _optim_config(weight_decay=0.5)
     for name, decays_a in (("cnmf_1x1", False), ("cnn_1x1", True)):
-        params = jax.tree_util.tree_map(jnp.ones_like, _params(name))
-        tx = optim.make_optimizer(config, nmf_a_layers=name.startswith("cnmf"))
+        params, roles = jax.tree_util.tree_map(jnp.ones_like, _params(name)), _roles(name)
+        tx = optim.make_optimizer(config, roles)
         grads = jax.tree_util.tree_map(jnp.zeros_like, params)
         updates, _ = jax.jit(lambda g, p, tx=tx: tx.update(g, tx.init(p), p))(grads, params)
         for path, update in traverse_util.flatten_dict(updates).items():
-            group = optim.param_group(path)
+            group = optim.GROUP_OF_ROLE[roles[path]]
             decayed = path[-1] == "kernel" and (group == "b" or (group == "a" and decays_a))
             lr = {"a": 0.01, "b": 0.001, "bn": 0.001}[group]
             expected = -lr * 0.5 if decayed else 0.0

@@ -18,7 +18,11 @@ import jax
 import numpy as np
 import pytest
 
-from deepnmf_jax import archives, compiled, parallel, train_lib
+from deepnmf_jax import errors
+from deepnmf_jax.data import archives
+from deepnmf_jax.training import loop as train_lib
+from deepnmf_jax.training import parallel
+from deepnmf_jax.training import program as compiled
 from tests.runners import cache_dir, xla_flags
 from tests.test_input_pipeline import make_cifar_archive
 from tests.test_train import ROOT, final_state, tiny_config
@@ -90,7 +94,7 @@ def test_state_is_sharded_no_transfers_in_the_loop_and_one_compile():
     config = tiny_config(
         num_seeds=2, **{"model.name": "cnmf", "mesh.seed_devices": 2, "mesh.data_devices": 2}
     )
-    run = compiled.make_steps(config, 10, (32, 32, 3), steps_per_epoch=3)
+    run = compiled.build(config, 10, (32, 32, 3), steps_per_epoch=3)
     placement = run.placement
     states = run.init(placement.seed_keys([21, 22]))
     kernel = states.params["block1"]["a"]["kernel"]
@@ -229,5 +233,5 @@ def test_seed_loop_choice():
     assert parallel.seed_loop("auto", mesh_1) == "map"  # CPU, seeds on one device
     assert parallel.seed_loop("auto", mesh_2) == "vmap"  # seeds split over devices
     assert parallel.seed_loop("vmap", mesh_1) == "vmap"
-    with pytest.raises(train_lib.ConfigError, match="seed_loop"):
+    with pytest.raises(errors.ConfigError, match="seed_loop"):
         parallel.seed_loop("scan", mesh_1)

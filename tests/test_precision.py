@@ -7,7 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepnmf_jax import nmf, parity, train_lib
+from deepnmf_jax import core as nmf
+from deepnmf_jax import errors
+from deepnmf_jax.reference import parity
+from deepnmf_jax.training import loop as train_lib
+from deepnmf_jax.training.config import from_any
 from tests.helpers import assert_close_to_reference, scaled_error
 from tests.test_models import _fixture
 from tests.test_nmf import CASES
@@ -46,7 +50,7 @@ def test_bfloat16_zero_patches_give_zero_codes_and_finite_gradients(layer_fixtur
         h = nmf.nmf_fixed_point(
             nmf.l1_normalize(x_raw),
             nmf.normalize_weight(u),
-            gradient=gradient,
+            backward=gradient,
             precision="bfloat16",
         )
         return jnp.sum(h * h), h
@@ -70,8 +74,8 @@ def test_bfloat16_model_forward_within_the_stated_tolerance():
 def test_precision_is_validated():
     with pytest.raises(ValueError, match="precision must be one of"):
         nmf.nmf_fixed_point(jnp.ones((2, 3)) / 3, jnp.ones((3, 2)) / 3, precision="fp8")
-    with pytest.raises(train_lib.ConfigError, match=r"config\.model\.precision"):
-        train_lib.validate_config(tiny_config(**{"model.precision": "half"}))
+    with pytest.raises(errors.ConfigError, match=r"config\.model\.precision"):
+        from_any(tiny_config(**{"model.precision": "half"}))
 
 
 def test_short_bfloat16_training_is_within_the_seed_spread_of_float32(tmp_path):

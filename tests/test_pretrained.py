@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from deepnmf_jax import input_pipeline, pretrained
+from deepnmf_jax import pretrained
+from deepnmf_jax.data import pipeline as input_pipeline
 
 RELEASED = {"cnmf_1x1_cifar10_fast", "cnn_1x1_cifar10_fast"}
 
@@ -59,8 +60,8 @@ def test_a_damaged_file_is_refused_and_an_unknown_name_is_named(tmp_path, monkey
 
 def test_a_manifest_from_before_an_added_config_key_still_loads(tmp_path, monkeypatch):
     """A manifest written before ``model.batch_norm_1x1`` existed reads as the run that trained it
-    (workdir.ADDED_KEYS, the mechanism that reads an old run's config.json), in load and import."""
-    from deepnmf_jax.evaluate import reference_import
+    (training.config.ADDED_KEYS, the mechanism that reads an old run's config.json), in load and import."""
+    from deepnmf_jax.evaluation import run_import as reference_import
 
     manifest = json.loads((pretrained._FOLDER / "manifest.json").read_text())
     name = "cnmf_1x1_cifar10_fast"
@@ -70,6 +71,6 @@ def test_a_manifest_from_before_an_added_config_key_still_loads(tmp_path, monkey
     shutil.copy(pretrained._FOLDER / entry["file"], tmp_path / entry["file"])
     monkeypatch.setattr(pretrained, "_FOLDER", tmp_path)
     model, _ = pretrained.load(name)
-    assert model.batch_norm_1x1 is False
+    assert model.block_cls.keywords["batch_norm_1x1"] is False
     folder, _ = reference_import.import_pretrained(name, tmp_path / "run")
     assert json.loads((folder / "config.json").read_text())["model"]["batch_norm_1x1"] is False

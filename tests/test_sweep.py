@@ -1,6 +1,7 @@
-"""Sweeps (deepnmf_jax.sweep): grids and names, plans, the Pareto front, and whole sweeps run by
+"""Sweeps (deepnmf_jax.experiments, deepnmf sweep): grids and names, plans, the Pareto front, and whole sweeps run by
 submitit on this machine and on a real single-node SLURM cluster (scripts/slurm_local.sh)."""
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from deepnmf_jax.errors import ConfigError
-from deepnmf_jax.sweep import figures, grid, report, spec
+from deepnmf_jax.experiments import figures, grid, report, spec
 from tests.conftest import SWEEP_EPOCHS
 from tests.runners import ROOT, SMOKE, run_module
 from tests.test_train import assert_trees_equal, final_state
@@ -53,31 +54,27 @@ def test_grid_combinators_and_names():
     assert [v.name for v in selected] == ["model=cnmf,width=1"]
 
 
-def test_set_values_take_the_type_of_the_config_field():
+def test_config_overrides_take_the_type_of_the_config_field():
     sweep = spec.load(SMOKE)
-    sets = ["num_epochs=5", "optim.lr_a=0.02", "progress=false", "model.groups_nmf=2", "loss=paper"]
-    parsed = spec.parse_sets(sets, sweep.base)
-    assert parsed == {
-        "num_epochs": 5,
-        "optim.lr_a": 0.02,
-        "progress": False,
-        "model.groups_nmf": 2,
-        "loss": "paper",
-    }
-    with pytest.raises(ConfigError, match=r"unknown config key 'model\.widht'"):
-        spec.parse_sets(["model.widht=2"], sweep.base)
-    with pytest.raises(ConfigError, match="num_epochs=five: not a int"):
-        spec.parse_sets(["num_epochs=five"], sweep.base)
-    with pytest.raises(
-        ConfigError, match=r"variant model=cnn,seed=21: config\.num_epochs must be >= 1"
-    ):
-        spec.plan(sweep, ["model=cnn", "seed=21"], ["num_epochs=0"])
+    texts = {"num_epochs": "5", "optim.lr_a": "0.02", "progress": "false", "loss": "paper"}
+    (planned,) = spec.plan(sweep, ["model=cnn", "seed=21"], texts)
+    config = planned.config
+    assert (config.num_epochs, config.optim.lr_a, config.progress, config.loss) == (
+        5,
+        0.02,
+        False,
+        "paper",
+    )
+    with pytest.raises(ConfigError, match=r"unknown config key model\.widht"):
+        spec.plan(sweep, (), {"model.widht": "2"})
+    with pytest.raises(ConfigError, match="num_epochs=five: not an int"):
+        spec.plan(sweep, (), {"num_epochs": "five"})
+    with pytest.raises(ConfigError, match=r"config\.num_epochs must be >= 1"):
+        spec.plan(sweep, ["model=cnn", "seed=21"], {"num_epochs": "0"})
 
 
 def test_plan_skips_variants_whose_groups_do_not_divide_with_the_reason():
-    sweep = spec.load(SMOKE)
-    with sweep.unlocked():
-        sweep.points = grid.axis("model.groups_nmf", [2, 3])
+    sweep = dataclasses.replace(spec.load(SMOKE), points=grid.axis("model.groups_nmf", [2, 3]))
     planned = spec.plan(sweep)
     assert [p.skipped is None for p in planned] == [True, False]
     assert "groups=3 must divide both the input channels (4)" in planned[1].skipped
@@ -94,13 +91,13 @@ def test_fig6_plan_counts_by_hand():
     counts = planned[0].parameters
     assert counts["nmf"] == 12_704 and counts["conv"] == 14_638 and counts["batchnorm"] == 384
     fig5 = spec.load(str(ROOT / "configs" / "sweeps" / "fig5.py") + ":fashion_mnist")
-    assert fig5.base.data.name == "fashion_mnist" and "paper" not in fig5
+    assert fig5.base.data.name == "fashion_mnist" and fig5.paper == {}
 
 
 def test_recipes_sweep_puts_the_fast_recipe_beside_the_papers():
     """configs/sweeps/recipes.py: each model with the paper's recipe, the fast one (exactly the keys
     of configs/cifar10.py's FAST), the fast one with the linear head and with BatchNorm at 1x1."""
-    from configs import cifar10
+    from deepnmf_jax.configs import cifar10
 
     sweep = spec.load(str(ROOT / "configs" / "sweeps" / "recipes.py"))
     variants = {v.name: v.overrides for v in grid.variants(list(sweep.points))}
@@ -126,7 +123,7 @@ def test_recipe_tuning_candidates_are_the_fast_recipe_and_changes_to_it():
     """configs/sweeps/recipe_tuning.py: the candidate named like the fast recipe is exactly
     configs/cifar10.py's FAST; CNN+1x1's rate candidates scale every group's rate around FAST with
     BatchNorm at 1x1; 10,000 training and 5,000 validation images, 4 epochs, one seed."""
-    from configs import cifar10
+    from deepnmf_jax.configs import cifar10
 
     sweep = spec.load(str(ROOT / "configs" / "sweeps" / "recipe_tuning.py") + ":cnn_1x1")
     variants = {v.name: v.overrides for v in grid.variants(list(sweep.points))}
@@ -175,7 +172,7 @@ def test_pareto_front_on_hand_made_points():
 
 
 def _sweep(*args, timeout=600):
-    return run_module("deepnmf_jax.sweep", *args, timeout=timeout)
+    return run_module("deepnmf_jax", "sweep", *args, timeout=timeout)
 
 
 def test_local_sweep_runs_reports_and_reruns_nothing(local_sweep):
@@ -192,7 +189,7 @@ def test_local_sweep_runs_reports_and_reruns_nothing(local_sweep):
     for name in names:
         results = json.loads((folder / name / "results.json").read_text())
         assert results["epochs_completed"] == 30 and results["parameters"]["batchnorm"] == 24
-    code, output = _sweep("run", SMOKE, "--workdir", str(folder), "--set", EPOCHS)
+    code, output = _sweep("run", "--config", SMOKE, "--workdir", str(folder), f"--config.{EPOCHS}")
     assert code == 0 and "(4 done); starting 0" in output, output
     code, output = _sweep("report", "--workdir", str(folder))
     assert code == 0, output
@@ -210,8 +207,8 @@ def test_local_sweep_runs_reports_and_reruns_nothing(local_sweep):
 def test_a_failed_variant_is_reported_and_the_others_finish(tmp_path):
     sweep_file = tmp_path / "two.py"
     sweep_file.write_text(
-        "from configs.sweeps import smoke\n"
-        "from deepnmf_jax.sweep import grid\n\n"
+        "from deepnmf_jax.configs.sweeps import smoke\n"
+        "from deepnmf_jax.experiments import grid\n\n"
         "def get_config():\n"
         "    sweep = smoke.get_config()\n"
         "    sweep.points = grid.concat(\n"
@@ -220,7 +217,7 @@ def test_a_failed_variant_is_reported_and_the_others_finish(tmp_path):
         "    )\n"
         "    return sweep\n"
     )
-    code, output = _sweep("run", str(sweep_file), "--workdir", str(tmp_path / "run"))
+    code, output = _sweep("run", "--config", str(sweep_file), "--workdir", str(tmp_path / "run"))
     assert code == 0, output
     code, output = _sweep("status", "--workdir", str(tmp_path / "run"))
     lines = {line.split()[0]: line for line in output.splitlines()[1:-1]}
@@ -235,13 +232,15 @@ def test_a_failed_variant_is_reported_and_the_others_finish(tmp_path):
 
 
 def test_dry_run_lists_parameters_and_trains_nothing(tmp_path):
-    code, output = _sweep("run", str(ROOT / "configs" / "sweeps" / "fig5.py"), "--dry-run")
+    code, output = _sweep("run", "--config", "sweeps/fig5", "--dry-run")
     assert code == 0, output
     assert "model=cnmf_1x1    167,886    152,864     14,638    384   0.09576        424" in output
     assert output.splitlines()[0].split()[-2:] == ["CNN/NMF", "MFLOP/img"]
     assert "4 variants, 0 skipped" in output
-    code, output = _sweep("run", SMOKE, "--workdir", str(tmp_path), "--set", "model.nmae=cnn")
-    assert code == 1 and "error: unknown config key 'model.nmae'" in output
+    code, output = _sweep(
+        "run", "--config", SMOKE, "--workdir", str(tmp_path), "--config.model.nmae=cnn"
+    )
+    assert code == 1 and "error: unknown config key model.nmae" in output
 
 
 # --- a real SLURM cluster --------------------------------------------------------------------------
@@ -289,8 +288,18 @@ def test_slurm_preemption_requeues_and_a_cancelled_job_reruns_with_identical_res
     runs of the same configs."""
     reference, _ = local_sweep
     folder = tmp_path / "slurm"
-    args = ("run", SMOKE, "--workdir", str(folder), "--executor", "slurm", "--only", "model=cnmf")
-    code, output = _sweep(*args, "--slurm.cpus_per_task=1", "--set", EPOCHS)
+    args = (
+        "run",
+        "--config",
+        SMOKE,
+        "--workdir",
+        str(folder),
+        "--executor",
+        "slurm",
+        "--only",
+        "model=cnmf",
+    )
+    code, output = _sweep(*args, "--slurm-cpus-per-task=1", f"--config.{EPOCHS}")
     assert code == 0 and "submitted 2 jobs" in output, output
     preempted, cancelled = folder / "model=cnmf,seed=21", folder / "model=cnmf,seed=22"
     _wait(lambda: _epochs(preempted) >= 1 and _epochs(cancelled) >= 1, what="first epochs")
@@ -305,7 +314,7 @@ def test_slurm_preemption_requeues_and_a_cancelled_job_reruns_with_identical_res
     code, output = _sweep("status", "--workdir", str(folder))
     assert "model=cnmf,seed=22" in output and " stopped " in output, output
     assert 0 < _epochs(cancelled) < 30
-    code, output = _sweep(*args, "--slurm.cpus_per_task=1", "--set", EPOCHS, "--wait")
+    code, output = _sweep(*args, "--slurm-cpus-per-task=1", f"--config.{EPOCHS}", "--wait")
     assert code == 0 and "starting 1" in output, output  # the preempted one is still queued/running
     _wait(lambda: not _queue_state(_job_id(preempted)), what="the requeued job to finish")
     log = next((folder / "logs").glob(f"{_job_id(preempted)}*_log.out")).read_text()

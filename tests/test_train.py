@@ -1,4 +1,4 @@
-"""Training end to end (deepnmf_jax.train_lib and train.py) on tiny data: outputs, seeds, resume, errors."""
+"""Training end to end (deepnmf_jax.train_and_evaluate and train.py) on tiny data: outputs, seeds, resume, errors."""
 
 import json
 import os
@@ -14,8 +14,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import cifar10, cifar100, default, fashion_mnist
-from deepnmf_jax import checkpointing, compiled, losses, parallel, steps, train_lib
+from deepnmf_jax import errors
+from deepnmf_jax.configs import cifar10, cifar100, default, fashion_mnist
+from deepnmf_jax.models import config as model_config
+from deepnmf_jax.models import losses
+from deepnmf_jax.training import checkpoint as checkpointing
+from deepnmf_jax.training import loop as train_lib
+from deepnmf_jax.training import parallel, program, steps
+from deepnmf_jax.training.config import TrainConfig, from_any
 from tests.runners import cache_dir, xla_flags
 from tests.test_input_pipeline import _idx
 
@@ -36,16 +42,18 @@ TINY = {
 }
 
 
-def with_overrides(config, overrides):
-    """Sets dotted keys ("model.name") of a config, like --config.KEY=VALUE flags."""
-    for key, value in overrides.items():
-        section, _, leaf = key.rpartition(".")
-        (config[section] if section else config)[leaf] = value
-    return config
+def with_overrides(config, overrides) -> TrainConfig:
+    """A config (a ConfigDict from a config file) with dotted keys ("model.name") set, like
+    --config.KEY=VALUE flags, as the typed config the library takes."""
+    return from_any(config).replace(overrides)
 
 
-def tiny_config(**overrides):
+def tiny_config(**overrides) -> TrainConfig:
     return with_overrides(cifar10.get_config("sample"), {**TINY, **overrides})
+
+
+def build_program(config: TrainConfig, steps_per_epoch: int = 6) -> program.Program:
+    return program.build(config, 10, (32, 32, 3), steps_per_epoch)
 
 
 def final_state(workdir):
@@ -90,7 +98,7 @@ def test_smoke_every_model(tmp_path, name):
     assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "best").is_dir()
     # channels <= 0 on every test image before a ReLU at 1x1, counted again here with model.apply
     config = tiny_config(**{"model.name": name})
-    keys = ["dead_hidden_channels"] + (["dead_class_channels"] if name.endswith("_1x1") else [])
+    keys = (["dead_class_channels"] if name.endswith("_1x1") else []) + ["dead_hidden_channels"]
     assert [k for k in saved if k.startswith("dead_")] == keys
     for key in keys:
         assert saved[key]["final"] == record[key] == [_dead_channels(config, tmp_path, key)]
@@ -101,11 +109,12 @@ def _dead_channels(config, workdir, key) -> int:
     """Channels before a ReLU at 1x1 (the last block's class channels in +1x1 models, the
     previous block's outputs entering the last block) that are <= 0 on all test images, in the
     run's evaluation batches (BatchNorm uses each batch's statistics)."""
-    from deepnmf_jax import augment, input_pipeline
+    from deepnmf_jax.data import augment
+    from deepnmf_jax.data import pipeline as input_pipeline
 
-    model = steps.model_from_config(config, 10, 3)
+    model = model_config.build(config.model, 10, 3)
     params = jax.tree_util.tree_map(lambda a: a[0], final_state(workdir)["params"])
-    test = input_pipeline.load_for_config(config).test
+    test = input_pipeline.load_for_config(config.data).test
     images = augment.preprocess_for_eval(jnp.asarray(test.images), config.augment.crop_size)
     apply = jax.jit(
         lambda x: model.apply({"params": params}, x, train=False, return_intermediates=True)[1]
@@ -203,7 +212,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step(tmp_path, monkeypatch):
         "nan",
         lambda probs, labels, **_: losses.reference_loss(probs, labels) * jnp.nan,
     )
-    with pytest.raises(train_lib.NonFiniteLossError, match=r"nan at epoch 1, step 1 \(seed 21\)"):
+    with pytest.raises(errors.NonFiniteLossError, match=r"nan at epoch 1, step 1 \(seed 21\)"):
         train_lib.train_and_evaluate(tiny_config(loss="nan", tensorboard=False), tmp_path)
 
 
@@ -223,18 +232,22 @@ def test_fashion_mnist_config_on_generated_files(tmp_path):
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(train_lib.ConfigError, match=r"config\.model\.name must be one of"):
-        train_lib.validate_config(tiny_config(**{"model.name": "resnet"}))
-    with pytest.raises(train_lib.ConfigError, match=r"config\.data\.order"):
-        train_lib.validate_config(tiny_config(**{"data.order": "random"}))
-    with pytest.raises(train_lib.ConfigError, match="num_seeds must be >= 1"):
-        train_lib.validate_config(tiny_config(num_seeds=0))
+    with pytest.raises(errors.ConfigError, match=r"config\.model\.name must be one of"):
+        tiny_config(**{"model.name": "resnet"})
+    with pytest.raises(errors.ConfigError, match=r"config\.data\.order"):
+        tiny_config(**{"data.order": "random"})
+    with pytest.raises(errors.ConfigError, match="num_seeds must be >= 1"):
+        tiny_config(num_seeds=0)
+    with pytest.raises(errors.ConfigError, match=r"unknown config key config\.model\.nmae"):
+        from_any({"model": {"nmae": "cnn"}})
+    with pytest.raises(errors.ConfigError, match=r"config\.num_epochs = 'ten': not a"):
+        from_any({"num_epochs": "ten"})
     for module in (default, fashion_mnist, cifar100):
-        train_lib.validate_config(module.get_config())
-    train_lib.validate_config(cifar10.get_config())
+        from_any(module.get_config())
+    from_any(cifar10.get_config())
     # the fast recipe is derived: the default's model and data with FAST's keys and a budget
     fast, paper = (cifar10.get_config(arg).to_dict() for arg in ("fast", None))
-    train_lib.validate_config(cifar10.get_config("fast"))
+    from_any(cifar10.get_config("fast"))
     changed = {
         f"{section}.{key}"
         for section, values in paper.items()
@@ -245,11 +258,9 @@ def test_config_errors(tmp_path):
     assert changed == {*cifar10.FAST, "data.validation_size"} and fast["num_epochs"] == 40
     with pytest.raises(ValueError, match="unknown variant"):
         cifar10.get_config("smaple")
-    (tmp_path / "config.json").write_text(
-        json.dumps(json.loads(tiny_config().to_json_best_effort()))
-    )
+    (tmp_path / "config.json").write_text(tiny_config().to_json())
     with pytest.raises(
-        train_lib.ConfigError, match=r"different configuration \(model\.name: 'cnmf_1x1' -> 'cnn'\)"
+        errors.ConfigError, match=r"different configuration \(model\.name: 'cnmf_1x1' -> 'cnn'\)"
     ):
         train_lib.train_and_evaluate(tiny_config(**{"model.name": "cnn"}), tmp_path)
 
@@ -351,10 +362,11 @@ def test_cli_ctrl_c_saves_and_exits_cleanly_then_resumes(uninterrupted_run, tmp_
         epoch = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[saved["epoch"]])
         assert 0 < saved["seconds"] <= epoch["epoch_time_s"]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results == {  # everything but the config (num_epochs may differ) and the time
+    assert results == {  # everything but the config (num_epochs may differ) and the times
         **json.loads((uninterrupted_run / "results.json").read_text()),
         "config": results["config"],
         "train_time_s": results["train_time_s"],
+        "compile_time_s": results["compile_time_s"],
     }
 
 
@@ -375,13 +387,12 @@ def test_finished_seeds_are_frozen_and_the_run_stops(tmp_path):
         num_seeds=2,
         num_epochs=3,
         tensorboard=False,
-        **{"model.name": "cnmf", "model.batch_norm": "running"},
+        **{"model.name": "cnmf", "model.batch_norm": "running", "optim.stop_lr": 1.0},
     )
-    config.optim.stop_lr = 1.0
     results = train_lib.train_and_evaluate(config, tmp_path)
     assert results["epochs_completed"] == 1 and results["stopped_because"].startswith("every")
     assert [s["epochs_trained"] for s in results["per_seed"]] == [0, 0]
-    run = compiled.make_steps(config, 10, (32, 32, 3), steps_per_epoch=6)
+    run = build_program(config)
     initial = jax.device_get(run.init(run.placement.seed_keys([21, 22])))
     final = final_state(tmp_path)
     for part in ("params", "batch_stats", "opt_state"):
@@ -395,7 +406,7 @@ def test_check_inputs_names_the_nmf_layer_inside_the_train_step():
     from jax.experimental import checkify
 
     config = tiny_config(**{"model.name": "cnmf", "model.check_inputs": True})
-    run = compiled.make_steps(config, 10, (32, 32, 3), steps_per_epoch=6)
+    run = build_program(config)
     placement = run.placement
     state = run.init(placement.seed_keys([21]))
     rng = np.random.default_rng(0)

@@ -6,7 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from deepnmf_jax import compiled, errors, train_lib, workdir
+from deepnmf_jax import errors
+from deepnmf_jax.training import loop as train_lib
+from deepnmf_jax.training import program as compiled
+from deepnmf_jax.training.config import from_any
 from tests.test_train import assert_trees_equal, final_state, tiny_config
 
 # the plain CNMF (NMF layers in every block), 3 iterations in the model, 1 in training steps
@@ -47,7 +50,7 @@ def test_early_epochs_switch_to_the_models_iterations(runs):
 def test_evaluation_runs_the_models_iterations():
     """The predict function of a run that trains with 1 iteration is the 3-iteration model's."""
     steps = {
-        name: compiled.make_steps(tiny_config(**overrides), 10, (32, 32, 3), steps_per_epoch=6)
+        name: compiled.build(tiny_config(**overrides), 10, (32, 32, 3), steps_per_epoch=6)
         for name, overrides in {
             "few": {**BASE, "model.train_iterations": 1},
             "model": BASE,
@@ -66,11 +69,11 @@ def test_train_for_picks_the_early_step():
     config = tiny_config(
         **{**BASE, "model.train_iterations": 1, "model.train_iterations_epochs": 2}
     )
-    steps = compiled.make_steps(config, 10, (32, 32, 3), steps_per_epoch=6)
+    steps = compiled.build(config, 10, (32, 32, 3), steps_per_epoch=6)
     assert steps.early_epochs == 2
     assert steps.train_for(1) is steps.train_for(2) is steps.train_early
     assert steps.train_for(3) is steps.train is not steps.train_early
-    same = compiled.make_steps(
+    same = compiled.build(
         tiny_config(**{**BASE, "model.train_iterations": 3}), 10, (32, 32, 3), steps_per_epoch=6
     )
     assert same.train_early is None  # train_iterations = model.iterations: nothing to switch
@@ -92,12 +95,12 @@ def test_train_for_picks_the_early_step():
 )
 def test_bad_values_are_named(overrides, message):
     with pytest.raises(errors.ConfigError, match=message):
-        train_lib.validate_config(tiny_config(**overrides))
+        from_any(tiny_config(**overrides))
 
 
 def test_runs_saved_before_the_option_read_as_without_it():
-    saved = json.loads(tiny_config().to_json_best_effort())
+    saved = json.loads(tiny_config().to_json())
     for key in ("train_iterations", "train_iterations_epochs"):
         del saved["model"][key]
-    model = workdir.complete_config(saved)["model"]
+    model = from_any(saved, complete=True).to_dict()["model"]
     assert (model["train_iterations"], model["train_iterations_epochs"]) == (0, 0)

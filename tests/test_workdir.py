@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from deepnmf_jax import checkpointing, errors, input_pipeline, train_lib, workdir
+from deepnmf_jax import errors
+from deepnmf_jax.data import pipeline as input_pipeline
+from deepnmf_jax.training import checkpoint as checkpointing
+from deepnmf_jax.training import checks, workdir
+from deepnmf_jax.training import loop as train_lib
+from deepnmf_jax.training.config import from_any
+from deepnmf_jax.training.state import Progress
 from tests.test_train import ROOT, _cli, _finish, _wait_for_epoch, tiny_config
 
 QUIET = {"tensorboard": False, "model.name": "cnmf"}
@@ -80,9 +87,19 @@ def test_every_checkpoint_damaged_is_one_line_offering_best(tmp_path):
     assert len(error_lines) == 1 and "Traceback" not in output
     line = error_lines[0]
     assert "no checkpoint in" in line and "step 12" in line and "step 6" in line
-    assert f"cp -r {tmp_path.absolute()}/best/" in line and "rm -r" in line
+    assert "--restart-from best" in line and "rm -r" in line
     warning_lines = [line for line in output.splitlines() if line.startswith("warning:")]
     assert len(warning_lines) == 2, output  # one line for each checkpoint tried
+    # the advice works: without checkpoints/, --restart-from best goes on from best/
+    shutil.rmtree(tmp_path / "checkpoints")
+    flags = _flags_of(tiny_config(**QUIET))
+    code, output = _finish(_cli(tmp_path, "--config.num_epochs=3", base_flags=flags))
+    assert code == 1 and "--restart-from best" in output and "nothing was changed" in output
+    code, output = _finish(
+        _cli(tmp_path, "--config.num_epochs=3", "--restart-from", "best", base_flags=flags)
+    )
+    assert code == 0, output
+    assert "restarting from best/" in output and "resumed from epoch" in output
 
 
 def _flags_of(config) -> list[str]:
@@ -122,40 +139,36 @@ def test_damaged_side_files_do_not_block_a_resume(tmp_path):
     with pytest.warns(UserWarning) as caught:
         results = train_lib.train_and_evaluate(tiny_config(num_epochs=3, **QUIET), tmp_path)
     texts = " ".join(str(w.message) for w in caught)
-    assert "config.json is unreadable" in texts and "torn last line" in texts
+    assert "config.json is empty" in texts and "torn last line" in texts
     assert results["epochs_completed"] == 3
     assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
     assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "cnmf"
 
 
 def test_num_epochs_may_change_on_resume_only_under_the_plateau_schedule(tmp_path):
-    saved = json.loads(tiny_config(num_epochs=3).to_json_best_effort())
+    saved = json.loads(tiny_config(num_epochs=3).to_json())
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert workdir.check_config_matches(tmp_path, {**saved, "num_epochs": 50}) == {
+    assert workdir.check_config_matches(tmp_path, from_any({**saved, "num_epochs": 50})) == {
         "num_epochs": [3, 50]
     }
-    assert workdir.check_config_matches(tmp_path, saved) == {}
-    cosine = json.loads(
-        tiny_config(num_epochs=3, **{"optim.schedule": "cosine"}).to_json_best_effort()
-    )
+    assert workdir.check_config_matches(tmp_path, from_any(saved)) == {}
+    cosine = json.loads(tiny_config(num_epochs=3, **{"optim.schedule": "cosine"}).to_json())
     (tmp_path / "config.json").write_text(json.dumps(cosine))
     with pytest.raises(errors.ConfigError, match=r"num_epochs: 3 -> 50\) \(num_epochs sets the"):
-        workdir.check_config_matches(tmp_path, {**cosine, "num_epochs": 50})
+        workdir.check_config_matches(tmp_path, from_any({**cosine, "num_epochs": 50}))
 
 
 def test_a_run_written_before_a_key_existed_resumes_and_opens_with_its_old_value(tmp_path):
-    from deepnmf_jax.evaluate import runs
-
-    current = json.loads(tiny_config().to_json_best_effort())
+    current = json.loads(tiny_config().to_json())
     older = json.loads(json.dumps(current))
     del older["model"]["batch_norm_1x1"]  # a run from before the option
     (tmp_path / "config.json").write_text(json.dumps(older))
-    assert workdir.check_config_matches(tmp_path, current) == {}
-    assert runs.read_config(tmp_path).model.batch_norm_1x1 is False
+    assert workdir.check_config_matches(tmp_path, from_any(current)) == {}
+    assert workdir.read_config(tmp_path).model.batch_norm_1x1 is False
     changed = json.loads(json.dumps(current))
     changed["model"]["batch_norm_1x1"] = True
     with pytest.raises(errors.ConfigError, match=r"model.batch_norm_1x1: False -> True"):
-        workdir.check_config_matches(tmp_path, changed)
+        workdir.check_config_matches(tmp_path, from_any(changed))
 
 
 def test_a_checkpoint_from_when_one_kind_of_dead_channel_was_counted_keeps_its_init_counts(
@@ -165,7 +178,7 @@ def test_a_checkpoint_from_when_one_kind_of_dead_channel_was_counted_keeps_its_i
     kind each model counted; they resume with that list under the metric their epochs name."""
     state = {"w": np.arange(3.0, dtype=np.float32)}
     checkpoints = checkpointing.Checkpoints(tmp_path)
-    progress = dataclasses.asdict(checkpointing.Progress.start(2))
+    progress = dataclasses.asdict(Progress.start(2))
     del progress["dead_channels_at_init"]
     history = [{"epoch": 1, "dead_class_channels": [7, 6]}]
     meta = {"progress": {**progress, "epoch": 1, "dead_class_channels_at_init": [7, 5]}}
@@ -230,21 +243,21 @@ def test_ctrl_c_with_the_output_pipe_closed_still_saves_and_exits_130(tmp_path):
 )
 def test_bad_values_are_named_with_their_allowed_range(overrides, message):
     with pytest.raises(errors.ConfigError, match=message):
-        train_lib.validate_config(tiny_config(**overrides))
+        from_any(tiny_config(**overrides))
 
 
 def test_bad_data_is_named(tmp_path):
     sample = input_pipeline.load_sample()
     with pytest.raises(errors.ConfigError, match=r"crop_size = 40 is larger than the 32 x 32"):
-        train_lib.validate_data(tiny_config(**{"augment.crop_size": 40}), sample)
+        checks.check_data(tiny_config(**{"augment.crop_size": 40}), sample)
     bad_labels = input_pipeline.Split(sample.train.images[:20], np.full(20, 10, np.int32))
     data = input_pipeline.Dataset("cifar10", bad_labels, sample.test, 10, "test")
     with pytest.raises(errors.DataError, match=r"20 train labels outside \[0, 10\), e.g. label 10"):
-        train_lib.validate_data(tiny_config(batch_size=10), data)
+        checks.check_data(tiny_config(batch_size=10), data)
     with pytest.raises(
         errors.ConfigError, match=r"groups_nmf 3, .*NMFConv block2/a: groups=3 must divide"
     ):
-        train_lib.validate_data(tiny_config(**{"model.groups_nmf": 3}), sample)
+        checks.build_checked(tiny_config(**{"model.groups_nmf": 3}), 10, (32, 32, 3))
 
 
 def _write_folder(folder: pathlib.Path, members: list[str]) -> None:
@@ -272,7 +285,10 @@ def test_cli_one_line_errors_for_what_a_user_can_get_wrong(tmp_path):
     missing = tmp_path / "missing"
     _write_folder(missing, ["data_batch_1", "data_batch_2", "test_batch"])
     cases = {
-        "unknown key": (["--config.model.nmae=cnn"], "unknown config key 'nmae'"),
+        "unknown key": (
+            ["--config.model.nmae=cnn"],
+            "unknown config key model.nmae; did you mean model.name?",
+        ),
         "workdir a file": ([], "is a file, not a directory"),
         "truncated": (
             ["--config.data.source=folder", f"--config.data.data_dir={truncated}"],

@@ -14,8 +14,8 @@ paper's appendix A (no numbers are drawn for them). A 1-epoch smoke version of t
 
 import ml_collections
 
-from configs import cifar10, cifar100, fashion_mnist
-from deepnmf_jax.sweep import grid
+from deepnmf_jax.configs import cifar10, cifar100, fashion_mnist
+from deepnmf_jax.experiments import grid
 
 MODELS = ("cnn", "cnmf", "cnn_1x1", "cnmf_1x1")
 PAPER_CIFAR10 = {"cnn": 0.810, "cnmf": 0.815, "cnn_1x1": 0.828, "cnmf_1x1": 0.837}

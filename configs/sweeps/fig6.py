@@ -14,8 +14,8 @@ layers were grouped is not said); this is the 4 x 5 x 5 reading of the caption.
 
 import ml_collections
 
-from configs import cifar10
-from deepnmf_jax.sweep import grid
+from deepnmf_jax.configs import cifar10
+from deepnmf_jax.experiments import grid
 
 WIDTHS = (1, 2, 4, 8)
 GROUPS = (1, 2, 4, 8, 16)

@@ -8,8 +8,8 @@ network; ``local_mse`` (the reference's squared-error rule) is the other local o
 
 import ml_collections
 
-from configs import cifar10
-from deepnmf_jax.sweep import grid
+from deepnmf_jax.configs import cifar10
+from deepnmf_jax.experiments import grid
 
 
 def get_config() -> ml_collections.ConfigDict:

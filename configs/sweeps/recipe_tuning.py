@@ -23,8 +23,8 @@ each.
 
 import ml_collections
 
-from configs import cifar10
-from deepnmf_jax.sweep import grid
+from deepnmf_jax.configs import cifar10
+from deepnmf_jax.experiments import grid
 
 COSINE = {"optim.schedule": "cosine", "optim.warmup_epochs": 1.0}
 PER_IMAGE = {**COSINE, "augment.granularity": "sample"}

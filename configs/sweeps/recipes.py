@@ -15,8 +15,8 @@ there; ``--set num_epochs=3`` is the short version, ``--only`` picks variants.
 
 import ml_collections
 
-from configs import cifar10
-from deepnmf_jax.sweep import grid
+from deepnmf_jax.configs import cifar10
+from deepnmf_jax.experiments import grid
 
 MODELS = ("cnmf_1x1", "cnn_1x1")
 

@@ -7,8 +7,8 @@ CI's sweep, and a first try of the machinery (two models, two seeds, tiny networ
 
 import ml_collections
 
-from configs import cifar10
-from deepnmf_jax.sweep import grid
+from deepnmf_jax.configs import cifar10
+from deepnmf_jax.experiments import grid
 
 
 def get_config() -> ml_collections.ConfigDict:

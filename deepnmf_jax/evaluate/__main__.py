@@ -1,8 +1,7 @@
-"""``python -m deepnmf_jax.evaluate``: see :mod:`deepnmf_jax.evaluate.cli`."""
+"""Deprecated: ``python -m deepnmf_jax.evaluate [noise|export|...]`` runs ``deepnmf ...``."""
 
 import sys
 
-from deepnmf_jax.evaluate.cli import main
+from deepnmf_jax.cli.legacy import evaluate_main
 
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(evaluate_main())

@@ -4,9 +4,13 @@
     model, variables = pretrained.load("cnmf_1x1_cifar10_fast")
     probs = model.apply(variables, pretrained.preprocess(images), train=False)  # uint8 NHWC 32x32
 
-``available()`` lists the names; ``info(name)`` gives the manifest entry: the config, the accuracy
-(CIFAR-10 test set, and the bundled sample's 500 test images), the sha256 of the weights and the
-command that reproduces them.
+Every released model carries BatchNorm population statistics (the ``population`` collection of
+``variables``): a prediction does not depend on the other images of its batch, one image at a time
+included. ``load(name, population=False)`` gives the reference's evaluation instead (each batch's
+own statistics: classify in batches of 50 for the manifest's ``batch_stats`` accuracy).
+
+``available()`` lists the names; ``info(name)`` gives the manifest entry: the config, the
+accuracies, the sha256 of the weights and the command that reproduces them.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import importlib.resources
 import io
 import json
 
+import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from flax import traverse_util
 
-from deepnmf_jax import augment, models, steps, workdir
+from deepnmf_jax.data import archives
+from deepnmf_jax.data.augment import preprocess_for_eval
+from deepnmf_jax.models import config as model_config
+from deepnmf_jax.nn.linen import POPULATION
+from deepnmf_jax.training.config import from_any
 
 _FOLDER = importlib.resources.files("deepnmf_jax") / "pretrained"
 
@@ -43,8 +50,12 @@ def info(name: str) -> dict:
     return manifest[name]
 
 
-def load(name: str) -> tuple[models.DeepNMF, dict]:
+def load(name: str, population: bool = True) -> tuple[nn.Module, dict]:
     """``(model, variables)`` of a released model; evaluate with ``train=False``.
+
+    Args:
+      population: keep the BatchNorm population statistics (batch-independent predictions);
+        False drops them, for the reference's per-batch statistics.
 
     Raises:
       KeyError: an unknown name.
@@ -57,15 +68,17 @@ def load(name: str) -> tuple[models.DeepNMF, dict]:
         raise ValueError(
             f"{entry['file']} is damaged: sha256 {digest} is not the released {entry['sha256']}"
         )
-    with np.load(io.BytesIO(data)) as arrays:
-        flat = {tuple(key.split("/")): jnp.asarray(arrays[key]) for key in arrays.files}
+    arrays = archives.read_npz(io.BytesIO(data), entry["file"])
+    flat = {tuple(key.split("/")): jnp.asarray(value) for key, value in arrays.items()}
     variables = traverse_util.unflatten_dict(flat)
+    if not population:
+        variables.pop(POPULATION, None)
     # the config it was trained with, as a run's config.json is read (keys added since filled in)
-    config = ml_collections.ConfigDict(workdir.complete_config(entry["config"]))
-    model = steps.model_from_config(config, len(entry["classes"]), input_channels=None)
+    config = from_any(entry["config"], complete=True)
+    model = model_config.build(config.model, len(entry["classes"]), input_channels=None)
     return model, variables
 
 
 def preprocess(images, crop_size: int = 28):
     """uint8 (N, 32, 32, C) images -> the centre-cropped float inputs the models take."""
-    return augment.preprocess_for_eval(jnp.asarray(images), crop_size)
+    return preprocess_for_eval(jnp.asarray(images), crop_size)

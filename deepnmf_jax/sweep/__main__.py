@@ -1,8 +1,7 @@
-"""``python -m deepnmf_jax.sweep``: see :mod:`deepnmf_jax.sweep.cli`."""
+"""Deprecated: ``python -m deepnmf_jax.sweep run|status|report`` runs ``deepnmf sweep ...``."""
 
 import sys
 
-from deepnmf_jax.sweep.cli import main
+from deepnmf_jax.cli.legacy import sweep_main
 
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(sweep_main())

@@ -1,0 +1,42 @@
+"""Parameter counts of a model: in all, per kind (NMF, convolution, BatchNorm), and the CNN/NMF ratio
+of the paper's Fig. 6b, from the parameter shapes and the layers that own them
+(:mod:`deepnmf_jax.models.inspect`), for any model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+from flax import traverse_util
+
+from deepnmf_jax.models.inspect import anatomy
+
+PARAM_KINDS = ("nmf", "conv", "batchnorm")
+_KIND_OF_ROLE = {"nmf": "nmf", "norm": "batchnorm"}  # every other role counts as "conv"
+
+
+def count_params(params: Any) -> int:
+    """Number of scalar parameters in a pytree."""
+    return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def param_breakdown(model: nn.Module, image_shape: Sequence[int]) -> dict[str, int | float | None]:
+    """Parameters per kind for (H, W, C) images: ``nmf`` (the NMF layers' U), ``conv`` (every other
+    weight and bias: the CNN a-layers, the 1x1 layers, a user's layers), ``batchnorm``
+    (normalisation scales and biases), their ``total``, and ``cnn_nmf_ratio`` = conv / nmf (None
+    without NMF parameters): the ratio of paper Fig. 6b."""
+    parts = anatomy(model, image_shape)
+    counts = dict.fromkeys(PARAM_KINDS, 0)
+    roles = parts.param_roles()
+    for path, leaf in traverse_util.flatten_dict(parts.params).items():
+        counts[_KIND_OF_ROLE.get(roles[path], "conv")] += int(leaf.size)
+    total = sum(counts.values())
+    ratio = counts["conv"] / counts["nmf"] if counts["nmf"] else None
+    return {**counts, "total": total, "cnn_nmf_ratio": ratio}
+
+
+def abstract_params(model: nn.Module, image_shape: Sequence[int]) -> Any:
+    """The parameter tree's shapes for (H, W, C) images, without computing anything."""
+    return anatomy(model, image_shape).params
