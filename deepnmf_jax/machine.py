@@ -47,7 +47,7 @@ def machine_info() -> dict:
     try:
         import jaxlib
 
-        info["jaxlib"] = jaxlib.__version__
+        info["jaxlib"] = jaxlib.version.__version__
     except ImportError:  # pragma: no cover - jaxlib always comes with jax
         pass
     return info

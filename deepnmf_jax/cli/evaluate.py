@@ -97,11 +97,11 @@ def _parser(name: str) -> _common.Parser:
         parser.add_argument("--seed", type=int, default=0, help="of the random start")
         parser.add_argument(
             "--gradient",
-            default="unrolled,approximate,transfer",
-            help="unrolled (the true gradient), approximate (the paper's), transfer (from "
-            "--source-run)",
+            default="unrolled,approximate",
+            help="unrolled (the true gradient), approximate (the paper's), transfer (made on "
+            "--source-run; added whenever --source-run is given)",
         )
-        parser.add_argument("--source-run", help="the CNN twin whose attacks are transferred")
+        parser.add_argument("--source-run", help="the run (a CNN twin) the transfer attack uses")
     elif name == "export":
         _runs(parser)
         parser.add_argument("--seed-index", type=int, default=0, help="which seed (0-based)")
@@ -149,7 +149,7 @@ def command(name: str) -> Callable[[list[str]], int]:
         elif name == "attack":
             from deepnmf_jax.evaluation import attack
 
-            attack.command(_selection(args), args)
+            attack.command(_selection(args), args)  # eps, steps, limit, seed, gradient, source
         elif name == "export":
             commands.export(
                 _selection(args),

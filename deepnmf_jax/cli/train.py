@@ -17,7 +17,7 @@ from deepnmf_jax.cli import _common
 
 
 def _parser() -> _common.Parser:
-    parser = _common.Parser(prog="deepnmf train", description=__doc__.split("\n")[0])
+    parser = _common.Parser(prog="deepnmf train", description=(__doc__ or "").split("\n")[0])
     _common.add_config(parser)
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics and results")
     parser.add_argument(

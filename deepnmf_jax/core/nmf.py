@@ -122,7 +122,9 @@ def nmf_fixed_point(
     chunk_bytes = options.chunk_bytes
     if chunk_bytes is None:
         chunk_bytes = DEFAULT_CHUNK_BYTES if jax.default_backend() == "cpu" else 0
-    chunks = num_chunks(x.shape[0], *w.shape, x.dtype.itemsize, chunk_bytes)
+    if not isinstance(x.shape[0], int):  # a symbolic batch (jax.export): the loop in one piece
+        chunk_bytes = 0
+    chunks = num_chunks(x.shape[0], w.shape[0], w.shape[1], x.dtype.itemsize, chunk_bytes)
 
     if isinstance(options.backward, Unrolled):
         h = solve_lib.iterate(x, w, options, chunks)

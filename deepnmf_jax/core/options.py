@@ -128,7 +128,8 @@ class NMFOptions:
         The codes, normalisations, divisions and every backward stay in the compute dtype.
       chunk_bytes: run the loop over chunks of positions whose working set is about this many bytes,
         one after another, so each stays in cache; 0: one piece; None: ``DEFAULT_CHUNK_BYTES`` on a
-        CPU and one piece on accelerators. The same values up to rounding.
+        CPU and one piece on accelerators. The same values up to rounding. A symbolic batch size
+        (``jax.export``) always runs in one piece.
       unroll: passed to the loop's ``lax.fori_loop``: False (rolled, the default), True (fully
         unrolled: no loop control between iterations, a longer compile) or an int (that many
         iterations per trip). The same values either way.

@@ -67,6 +67,7 @@ def _from_folder(name: str, folders: list[pathlib.Path]) -> tuple[Split, Split, 
             if all((folder / f).is_file() for f in spec.files):
                 return (*files.read_fashion_mnist(folder), str(folder))
             continue
+        assert spec.folder is not None  # an archive always unpacks into a folder
         for location in (folder / spec.folder, folder / spec.archive):
             if location.exists():
                 return (*files.read_cifar_or_explain(name, location), str(location))
@@ -75,7 +76,7 @@ def _from_folder(name: str, folders: list[pathlib.Path]) -> tuple[Split, Split, 
 
 def _from_tfds(name: str, data_dir: str | None) -> tuple[Split, Split, str] | None:
     try:
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # pyright: ignore[reportMissingImports]
     except ImportError:
         return None
     splits = []

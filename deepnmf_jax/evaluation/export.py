@@ -119,7 +119,7 @@ class OnnxResult:
 def export_onnx(run: TrainedRun, seed_index: int, out: pathlib.Path, check_images) -> OnnxResult:
     """Tries ``jax2onnx`` and checks the file with ``onnxruntime``; says exactly what failed."""
     try:
-        import jax2onnx
+        import jax2onnx  # pyright: ignore[reportMissingImports]
         import onnxruntime
     except ImportError as error:
         return OnnxResult(False, f"not installed: {error.name} (pip install -e '.[onnx]')")

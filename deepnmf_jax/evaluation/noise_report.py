@@ -83,7 +83,7 @@ def _cell(values) -> str:
 def _at(result: dict, level: float | None = None, index: int | None = None):
     """The per-seed accuracies at ``level`` (or at position ``index``), None where not run."""
     levels = np.asarray(result["levels"], np.float64)
-    if index is None:
+    if index is None and level is not None:
         matches = np.flatnonzero(np.abs(levels - level) < 1e-9)
         index = int(matches[0]) if matches.size else None
     if index is None or index >= len(levels):
@@ -144,7 +144,7 @@ def plot(curves: dict[str, dict], path, title: str) -> None:
             color = f"C{index % 10}"
             ax.plot(x, accuracy.mean(1), marker="o", ms=3, color=color, label=label)
             ax.fill_between(x, accuracy.min(1), accuracy.max(1), color=color, alpha=0.2, lw=0)
-        classes = {suite.get("num_classes") for suite in curves.values()} - {None}
+        classes = {int(n) for suite in curves.values() if (n := suite.get("num_classes"))}
         if classes:
             ax.axhline(100 / max(classes), color="0.5", ls=":", lw=1, label="chance")
         standard = name in corruptions.STANDARD

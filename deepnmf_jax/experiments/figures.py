@@ -33,6 +33,11 @@ def _measured(rows: list[Row]) -> list[Row]:
     return [r for r in rows if r.final is not None]
 
 
+def _final(row: Row) -> dict:
+    assert row.final is not None  # a measured row (_measured)
+    return row.final
+
+
 def fig5(rows: list[Row], folder: pathlib.Path, title: str, paper: dict | None = None):
     """Bars: final test accuracy per variant, mean +/- std over seeds, the paper's beside."""
     plt = pyplot()
@@ -65,6 +70,7 @@ def fig5(rows: list[Row], folder: pathlib.Path, title: str, paper: dict | None =
             ha="center",
             fontsize=8,
         )
+    values: list[float] = []
     if paper:
         values = [100 * paper[r.name] if r.name in paper else np.nan for r in rows]
         ax.bar(x + width / 2, values, width, color="C7", label="paper (5 seeds, up to ~370 epochs)")
@@ -85,7 +91,7 @@ def fig5(rows: list[Row], folder: pathlib.Path, title: str, paper: dict | None =
         labels.append(f"{row.name}\n{count}\n{note}")
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("test accuracy (%)")
-    top = np.nanmax([*means, *(values if paper else []), 10.0])
+    top = np.nanmax([*means, *values, 10.0])
     ax.set_ylim(0, min(100, top * 1.15 + 2))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -106,10 +112,11 @@ def fig6(rows: list[Row], folder: pathlib.Path, title: str):
             ax.text(0.5, 0.5, "no finished variant yet", ha="center", transform=ax.transAxes)
         fig.suptitle(title)
         return _save(fig, folder, "fig6")
-    params = np.array([r.parameters["total"] for r in measured], np.float64)
-    ratio = np.array([r.parameters["cnn_nmf_ratio"] for r in measured], np.float64)
-    accuracy = np.array([100 * r.final["mean"] for r in measured])
-    errors = np.array([100 * r.final["std"] for r in measured])
+    counts = [r.parameters or {} for r in measured]
+    params = np.array([c["total"] for c in counts], np.float64)
+    ratio = np.array([c["cnn_nmf_ratio"] for c in counts], np.float64)
+    accuracy = np.array([100 * _final(r)["mean"] for r in measured])
+    errors = np.array([100 * _final(r)["std"] for r in measured])
     partial = np.array([r.partial for r in measured])
     front = pareto_front(params, accuracy)
 

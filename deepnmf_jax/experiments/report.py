@@ -68,7 +68,7 @@ def collect(sweep_dir: pathlib.Path, plan: list[dict], statuses: list[VariantSta
         finished = status.state == "done" and results is not None
         final = best = None
         seeds = len(history[-1]["test_accuracy"]) if history else 0
-        if finished:
+        if finished and results is not None:
             final, best = results["final_test_accuracy"], results["best_test_accuracy"]
         elif history:
             accuracy = np.array([r["test_accuracy"] for r in history], np.float64)

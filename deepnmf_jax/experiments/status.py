@@ -60,10 +60,11 @@ def variant_status(
     epochs = len(history)
     accuracy = float(np.mean(history[-1]["test_accuracy"])) if history else None
     job = records.read_json(launch.job_file(folder))
-    job_id = job.get("job_id") if job else None
+    job_id = str(job["job_id"]) if job and job.get("job_id") is not None else None
     results = records.read_results(folder)
     failed = records.read_json(folder / launch.FAILED_FILE)
-    queued = queue.get(job_id) if job and job.get("executor") == "slurm" else None
+    slurm = job is not None and job.get("executor") == "slurm"
+    queued = queue.get(job_id) if slurm and job_id is not None else None
 
     def status(state, error=None):
         return VariantStatus(name, state, epochs, num_epochs, accuracy, error, job_id)

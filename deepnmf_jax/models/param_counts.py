@@ -9,6 +9,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 from flax import traverse_util
 
 from deepnmf_jax.models.inspect import anatomy
@@ -19,7 +20,7 @@ _KIND_OF_ROLE = {"nmf": "nmf", "norm": "batchnorm"}  # every other role counts a
 
 def count_params(params: Any) -> int:
     """Number of scalar parameters in a pytree."""
-    return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(params))
+    return sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
 
 
 def param_breakdown(model: nn.Module, image_shape: Sequence[int]) -> dict[str, int | float | None]:
@@ -28,10 +29,11 @@ def param_breakdown(model: nn.Module, image_shape: Sequence[int]) -> dict[str, i
     (normalisation scales and biases), their ``total``, and ``cnn_nmf_ratio`` = conv / nmf (None
     without NMF parameters): the ratio of paper Fig. 6b."""
     parts = anatomy(model, image_shape)
-    counts = dict.fromkeys(PARAM_KINDS, 0)
+    counts: dict[str, int] = dict.fromkeys(PARAM_KINDS, 0)
     roles = parts.param_roles()
-    for path, leaf in traverse_util.flatten_dict(parts.params).items():
-        counts[_KIND_OF_ROLE.get(roles[path], "conv")] += int(leaf.size)
+    flat: dict[tuple[str, ...], Any] = traverse_util.flatten_dict(parts.params)
+    for path, leaf in flat.items():
+        counts[_KIND_OF_ROLE.get(roles[path], "conv")] += int(np.prod(np.shape(leaf)))
     total = sum(counts.values())
     ratio = counts["conv"] / counts["nmf"] if counts["nmf"] else None
     return {**counts, "total": total, "cnn_nmf_ratio": ratio}

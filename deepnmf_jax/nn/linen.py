@@ -217,9 +217,12 @@ class BatchNorm(nn.Module):
         channels = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
+        running = None
         if self.mode == "running":
-            running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
-            running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+            running = (
+                self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32),
+                self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32),
+            )
         if not train and self.has_variable(POPULATION, "mean"):
             mean = self.get_variable(POPULATION, "mean")
             var = self.get_variable(POPULATION, "var")
@@ -228,12 +231,14 @@ class BatchNorm(nn.Module):
             if self.is_mutable_collection(MOMENTS) and not self.is_initializing():
                 self.put_variable(MOMENTS, "mean", mean)
                 self.put_variable(MOMENTS, "var", var)
-            if self.mode == "running" and not self.is_initializing():
+            if running is not None and not self.is_initializing():
+                running_mean, running_var = running
                 count = x.size // channels
                 unbiased = var * (count / max(count - 1, 1))
                 m = self.momentum
                 running_mean.value = (1 - m) * running_mean.value + m * mean.astype(jnp.float32)
                 running_var.value = (1 - m) * running_var.value + m * unbiased.astype(jnp.float32)
         else:
-            mean, var = running_mean.value, running_var.value
+            assert running is not None  # mode "running" in evaluation
+            mean, var = running[0].value, running[1].value
         return F.normalize(x, mean, var, scale, bias, self.epsilon)

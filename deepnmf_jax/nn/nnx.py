@@ -118,7 +118,8 @@ class PatchConv(nnx.Module):
             else None
         )
         self.kernel_size, self.strides, self.padding = (kh, kw), strides, padding
-        self.groups, self.method, self.normalize = groups, method, normalize
+        self.groups, self.normalize = groups, normalize
+        self.method: Literal["matmul", "conv", "patches"] = method
 
     def __call__(self, x: jax.Array) -> jax.Array:
         bias = None if self.bias is None else self.bias[...]

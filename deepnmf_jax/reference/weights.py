@@ -51,6 +51,10 @@ def _nmf_kernels(model: DeepNMF, image_size: int, channels: int) -> set[tuple[st
     return {path for path, role in roles.items() if role == "nmf"}
 
 
+def _flat(tree) -> dict[tuple[str, ...], Any]:
+    return traverse_util.flatten_dict(tree)
+
+
 def _torch_name(path: tuple[str, ...]) -> str:
     block, layer, leaf = path
     if leaf == "kernel":
@@ -163,7 +167,7 @@ def load_reference_params(
         arrays = {positions[key]: value for key, value in arrays.items()}
     model, shapes = _template(model_name, image_size, **model_overrides)
     nmf_kernels = _nmf_kernels(model, image_size, model_overrides.get("input_channels") or 3)
-    flat_shapes = traverse_util.flatten_dict(shapes["params"])
+    flat_shapes: dict[tuple[str, ...], Any] = traverse_util.flatten_dict(shapes["params"])
     expected = {_torch_name(path): path for path in flat_shapes}
     missing = sorted(set(expected) - set(arrays))
     unexpected = sorted(set(arrays) - set(expected))
@@ -173,7 +177,7 @@ def load_reference_params(
         )
     flat = {}
     for name, path in expected.items():
-        shape = flat_shapes[path].shape
+        shape = tuple(np.shape(flat_shapes[path]))
         value = _to_ours(np.asarray(arrays[name]), shape, path in nmf_kernels)
         if value.shape != shape:
             raise ValueError(
@@ -186,7 +190,7 @@ def load_reference_params(
         variables["batch_stats"] = traverse_util.unflatten_dict(
             {
                 path: (jnp.ones if path[-1] == "var" else jnp.zeros)(s.shape, s.dtype)
-                for path, s in traverse_util.flatten_dict(shapes["batch_stats"]).items()
+                for path, s in _flat(shapes["batch_stats"]).items()
             }
         )
     return variables

@@ -117,14 +117,15 @@ class Checkpoints:
 
     def __init__(self, workdir: str | pathlib.Path):
         workdir = pathlib.Path(workdir).absolute()
+
         # Synchronous: the state is small, and the train step donates its buffers right after a save.
-        options = dict(create=True, enable_async_checkpointing=False)
-        self.latest = ocp.CheckpointManager(
-            workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2, **options)
-        )
-        self.best = ocp.CheckpointManager(
-            workdir / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **options)
-        )
+        def options(keep: int) -> ocp.CheckpointManagerOptions:
+            return ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=False
+            )
+
+        self.latest = ocp.CheckpointManager(workdir / "checkpoints", options=options(2))
+        self.best = ocp.CheckpointManager(workdir / "best", options=options(1))
 
     @staticmethod
     def _args(state, meta):
@@ -214,7 +215,7 @@ class Checkpoints:
         self.best.close()
 
 
-def _os_error(error: BaseException) -> OSError | None:
+def _os_error(error: BaseException | None) -> OSError | None:
     """The ``OSError`` behind an orbax failure (a full disk, a read-only folder), if any: orbax
     wraps it, or reports only its text (``RESOURCE_EXHAUSTED ... No space left on device``)."""
     seen = set()

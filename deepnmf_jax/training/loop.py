@@ -275,7 +275,9 @@ def end_epoch(run: session.Run, state, progress: Progress, stats: EpochStats):
     state = built.end_epoch(state, epoch_loss)
     schedule = built.ctx.schedule
     first_step = (epoch - 1) * run.steps_per_epoch
-    multiplier = 1.0 if schedule.multiplier is None else float(schedule.multiplier(first_step))
+    multiplier = (
+        1.0 if schedule.multiplier is None else float(np.asarray(schedule.multiplier(first_step)))
+    )
     record = report.epoch_record(
         epoch=epoch,
         stats=stats,

@@ -23,6 +23,8 @@ factor is the same as scaling its learning rate. Two differences of optax had to
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -105,7 +107,9 @@ def make_optimizer(
         return optax.adam(learning_rate, optim_config.b1, optim_config.b2, optim_config.eps)
 
     rates = group_learning_rates(optim_config, batch_size)
-    transforms = {name: adam(rate) for name, rate in rates.items()}
+    transforms: dict[Hashable, optax.GradientTransformation] = {
+        name: adam(rate) for name, rate in rates.items()
+    }
     return _standard_promotion(optax.partition(transforms, param_group_labels(param_roles)))
 
 
@@ -187,7 +191,7 @@ class Schedule:
         """The plateau state after an epoch with summed training loss ``epoch_loss``."""
         if self.kind != "plateau":
             return plateau_state
-        _, plateau_state = self.plateau.update(None, plateau_state, value=epoch_loss)
+        _, plateau_state = self.plateau.update({}, plateau_state, value=epoch_loss)
         return plateau_state
 
     def scale(self, plateau_state, step):

@@ -66,7 +66,7 @@ def save(path: pathlib.Path, stats, meta: dict) -> None:
     arrays = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(stats).items()}
     arrays[_META] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     workdir_lib.atomic_write_bytes(path, buffer.getvalue())
 

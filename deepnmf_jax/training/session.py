@@ -70,6 +70,13 @@ def open_run(config: TrainConfig, workdir: pathlib.Path, data: Dataset, model: n
     if data.validation is not None:
         splits["validation"] = data.validation
     input_shape = built.ctx.input_shape
+    model = built.ctx.model
+    dead_kinds = dead_channels.kinds(model, input_shape)
+    if not dead_channels.reports_intermediates(model):
+        log.info(
+            "dead channels: not counted (%s.__call__ takes no return_intermediates)",
+            type(model).__name__,
+        )
     return Run(
         config=config,
         workdir=workdir,
@@ -83,8 +90,8 @@ def open_run(config: TrainConfig, workdir: pathlib.Path, data: Dataset, model: n
         writer=report.MetricsWriter(
             workdir, enabled=parallel.is_primary(), tensorboard=config.tensorboard
         ),
-        parameters=param_counts.param_breakdown(built.ctx.model, input_shape),
-        dead_kinds=dead_channels.kinds(built.ctx.model, input_shape),
+        parameters=param_counts.param_breakdown(model, input_shape),
+        dead_kinds=dead_kinds,
     )
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
-import flax
 import jax
 import numpy as np
+from flax import struct
 
 
-@flax.struct.dataclass
+@struct.dataclass
 class TrainState:
     """The state of one seed (under vmap) or of all seeds (a leading seed axis on every leaf)."""
 

@@ -69,7 +69,7 @@ def _apply(ctx: StepContext, params, batch_stats, images, train: bool, populatio
         variables["batch_stats"] = batch_stats
     if population is not None:
         variables["population"] = population
-    extra = {"return_intermediates": True} if ctx.reports_taps else {}
+    extra: dict[str, Any] = {"return_intermediates": True} if ctx.reports_taps else {}
     if ctx.running_bn and train:
         out, updates = ctx.model.apply(
             variables, images, train=True, mutable=["batch_stats"], **extra
@@ -123,7 +123,8 @@ def train_step(ctx: StepContext, state: TrainState, images, labels, order):
         (params, batch_stats, opt_state, ema),
         (state.params, state.batch_stats, state.opt_state, state.ema_params),
     )
-    new_state = state.replace(
+    new_state = dataclasses.replace(
+        state,
         step=state.step + 1,
         params=params,
         batch_stats=batch_stats,
@@ -176,7 +177,8 @@ def predict(ctx: StepContext, state: TrainState, images, population=None):
 
 def end_epoch(ctx: StepContext, state: TrainState, epoch_loss):
     """Advances one seed's schedule with its epoch's summed training loss."""
-    return state.replace(plateau_state=ctx.schedule.advance(state.plateau_state, epoch_loss))
+    plateau_state = ctx.schedule.advance(state.plateau_state, epoch_loss)
+    return dataclasses.replace(state, plateau_state=plateau_state)
 
 
 def epoch_order(order_key_data, epoch, num_examples: int):
