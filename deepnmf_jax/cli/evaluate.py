@@ -80,7 +80,8 @@ def _parser(name: str) -> _common.Parser:
         parser.add_argument(
             "--corruptions",
             default="all",
-            help="names separated by commas, or reference | standard | cifar10c | all",
+            help="names separated by commas, or reference (the reference's four), cifar10c "
+            "(CIFAR-10-C's 15) or all",
         )
         parser.add_argument("--levels", help="eta values of the reference corruptions, e.g. 0,0.5")
         parser.add_argument("--severities", help="CIFAR-10-C severities, e.g. 1,3,5 (default 1-5)")
@@ -137,15 +138,16 @@ def command(name: str) -> Callable[[list[str]], int]:
         elif name == "noise":
             from deepnmf_jax.evaluation import noise
 
-            noise.command(
-                _selection(args),
-                noise.corruption_names(args.corruptions),
-                noise.levels_from_text(args.levels),
-                args.limit,
-                args.seed,
-                pathlib.Path(args.out) if args.out else None,
-                args.recompute,
+            options = noise.SuiteOptions(
+                names=tuple(noise.corruption_names(args.corruptions)),
+                levels=noise.numbers_from_text(args.levels, "--levels"),
+                severities=noise.numbers_from_text(args.severities, "--severities", int),
+                limit=args.limit,
+                seed=args.seed,
+                cifar10c_dir=args.cifar10c_dir,
             )
+            out = pathlib.Path(args.out) if args.out else None
+            noise.command(_selection(args), options, out, args.recompute)
         elif name == "attack":
             from deepnmf_jax.evaluation import attack
 

@@ -7,96 +7,128 @@ a training image chosen by a fixed permutation of the training split (same for e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
 from deepnmf_jax._format import plural
 from deepnmf_jax.data.pipeline import load_for_config
 from deepnmf_jax.errors import ConfigError
-from deepnmf_jax.evaluation import corruptions, noise_report
+from deepnmf_jax.evaluation import cifar10c, corruptions, noise_report
 from deepnmf_jax.evaluation.runs import TrainedRun, run_folders
 from deepnmf_jax.training import workdir as workdir_lib
 
 
-def check_request(names: Sequence[str], levels: Sequence[float] | None) -> None:
-    """One-line errors for an unknown corruption or a level outside [0, 1]."""
-    unknown = [n for n in names if n not in corruptions.CORRUPTIONS]
-    if unknown:
-        raise ConfigError(
-            f"unknown corruption {unknown[0]!r}; choose from {', '.join(corruptions.CORRUPTIONS)}"
-        )
-    bad = [level for level in levels or () if not 0 <= level <= 1]
-    if bad:
-        raise ConfigError(f"noise levels must be in [0, 1], got {bad[0]}")
+@dataclasses.dataclass(frozen=True)
+class SuiteOptions:
+    """What a suite runs: the corruptions, their levels, the images and the draws.
 
-
-def run_suite(
-    run: TrainedRun,
-    names: Sequence[str] = tuple(corruptions.CORRUPTIONS),
-    levels: Sequence[float] | None = None,
-    limit: int = 0,
-    seed: int = 0,
-    progress=None,
-) -> dict:
-    """Accuracy per corruption x level x seed of ``run`` on its test split.
-
-    Args:
+    Attributes:
       names: corruptions (``corruptions.CORRUPTIONS``).
-      levels: the levels of the reference corruptions (eta); None: the reference's 21.
-        The standard corruptions always run at their severities 0-5.
+      levels: the levels (eta) of the reference's corruptions; None: the reference's 21.
+      severities: the CIFAR-10-C severities (1-5); None: all five.
       limit: only the first ``limit`` test images (0: all).
-      seed: of every noise draw.
-      progress: called with a line of text after each level.
+      seed: of every draw.
+      cifar10c_dir: a folder of the official CIFAR-10-C files: its images instead of generated ones.
+    """
+
+    names: tuple[str, ...] = tuple(corruptions.CORRUPTIONS)
+    levels: tuple[float, ...] | None = None
+    severities: tuple[int, ...] | None = None
+    limit: int = 0
+    seed: int = 0
+    cifar10c_dir: str | None = None
+
+    def __post_init__(self):
+        unknown = [n for n in self.names if n not in corruptions.CORRUPTIONS]
+        if unknown:
+            raise ConfigError(
+                f"unknown corruption {unknown[0]!r}; choose from "
+                f"{', '.join(corruptions.CORRUPTIONS)} (or reference, cifar10c, all)"
+            )
+        bad = [level for level in self.levels or () if not 0 <= level <= 1]
+        if bad:
+            raise ConfigError(f"noise levels must be in [0, 1], got {bad[0]}")
+        wrong = [s for s in self.severities or () if s not in cifar10c.SEVERITIES]
+        if wrong:
+            raise ConfigError(f"CIFAR-10-C severities are 1 to 5, got {wrong[0]}")
+        if self.cifar10c_dir and not pathlib.Path(self.cifar10c_dir).is_dir():
+            raise ConfigError(f"--cifar10c-dir {self.cifar10c_dir} is not a folder")
+
+    def grid(self, name: str) -> tuple[float, ...]:
+        if name in corruptions.CIFAR10C:
+            return (0, *(self.severities or cifar10c.SEVERITIES))
+        levels = corruptions.CORRUPTIONS[name][1]
+        return tuple(self.levels) if self.levels is not None else levels
+
+
+def run_suite(run: TrainedRun, options: SuiteOptions, progress=None) -> dict:
+    """Accuracy per corruption x level x seed of ``run`` on its test split.
 
     Returns:
       ``{"corruptions": {name: {"levels": [...], "accuracy": [[per seed] per level]}},
-      "clean": [per seed], "seeds", "seconds", "test_images", "seed", "request"}``.
+      "clean": [per seed], "cifar10c_mean": [per seed] (the mean over every CIFAR-10-C corruption
+      and severity run, RobustBench's convention), "seeds", "seconds", "test_images", "seed",
+      "request"}``.
     """
-    check_request(names, levels)
     data = load_for_config(run.config.data, run.config.progress)
-    test = data.test.take(limit)
-    images = test.images.astype(np.float32) / 255.0
-    order = np.random.default_rng(seed).permutation(len(data.train))
+    test = data.test.take(options.limit)
+    order = np.random.default_rng(options.seed).permutation(len(data.train))
     partners = data.train.images[np.resize(order, len(test))].astype(np.float32) / 255.0
     results, start = {}, time.perf_counter()
     clean = np.mean(run.predict(test.images).argmax(-1) == test.labels, axis=-1).tolist()
-    for index, name in enumerate(names):
-        grid = corruptions.CORRUPTIONS[name][1]
-        if levels is not None and name in corruptions.REFERENCE:
-            grid = tuple(levels)
+    for index, name in enumerate(options.names):
         accuracy = []
-        for level_index, level in enumerate(grid):
-            corrupted = corruptions.corrupt(
-                name, images, level, [seed, index, level_index], partners
-            )
-            probs = run.predict(corrupted)
-            accuracy.append(np.mean(probs.argmax(-1) == test.labels, axis=-1).tolist())
+        for level_index, level in enumerate(options.grid(name)):
+            labels = test.labels
+            if name in corruptions.CIFAR10C and options.cifar10c_dir and level:
+                images, labels = cifar10c.read_official(
+                    pathlib.Path(options.cifar10c_dir), name, int(level), len(test)
+                )
+            else:
+                seed = [options.seed, index, level_index]
+                images = corruptions.corrupt(name, test.images, level, seed, partners)
+            probs = run.predict(images)
+            accuracy.append(np.mean(probs.argmax(-1) == labels, axis=-1).tolist())
             if progress:
                 progress(f"{name} level {level:g}: {100 * np.mean(accuracy[-1]):.2f} %")
-        results[name] = {"levels": list(grid), "accuracy": accuracy}
-    return {
+        results[name] = {"levels": list(options.grid(name)), "accuracy": accuracy}
+    cells = [
+        accuracy
+        for name, result in results.items()
+        if name in corruptions.CIFAR10C
+        for level, accuracy in zip(result["levels"], result["accuracy"], strict=True)
+        if level
+    ]
+    suite = {
         "corruptions": results,
         "clean": clean,
         "seeds": run.seeds,
         "seconds": time.perf_counter() - start,
         "test_images": len(test),
         "num_classes": run.num_classes,
-        "seed": seed,
-        "request": request(run, names, levels, limit, seed),
+        "seed": options.seed,
+        "request": request(run, options),
     }
+    if cells:
+        suite["cifar10c_mean"] = np.mean(np.asarray(cells), axis=0).tolist()
+        suite["cifar10c_cells"] = len(cells)
+    return suite
 
 
-def request(run: TrainedRun, names, levels, limit: int, seed: int) -> dict:
+def request(run: TrainedRun, options: SuiteOptions) -> dict:
     """What determines a suite's numbers: an earlier ``noise.json`` with the same one is reused."""
     return {
-        "corruptions": list(names),
-        "levels": None if levels is None else [float(x) for x in levels],
-        "limit": int(limit),
-        "seed": int(seed),
+        "corruptions": list(options.names),
+        "levels": None if options.levels is None else [float(x) for x in options.levels],
+        "severities": None if options.severities is None else list(options.severities),
+        "limit": int(options.limit),
+        "seed": int(options.seed),
+        "cifar10c_dir": options.cifar10c_dir,
         "checkpoint": run.checkpoint,
         "eval_batch_size": int(run.config.eval_batch_size),
         "batch_norm": "population" if run.population is not None else "batch",
@@ -106,10 +138,7 @@ def request(run: TrainedRun, names, levels, limit: int, seed: int) -> dict:
 
 def command(
     selection,
-    corruption_names: Sequence[str],
-    levels: Sequence[float] | None = None,
-    limit: int = 0,
-    seed: int = 0,
+    options: SuiteOptions,
     out: pathlib.Path | None = None,
     recompute: bool = False,
     say: Callable[[str], None] = print,
@@ -118,7 +147,6 @@ def command(
     folders) make one curve of the pooled figure, JSON and table in ``out`` (default: the one
     workdir; for a single run only the table, beside the run's own ``eval/noise.json``).
     Returns the pooled curves."""
-    check_request(corruption_names, levels)
     roots = list(selection.workdirs)
     if len(roots) > 1 and not out:
         raise ConfigError(
@@ -144,9 +172,7 @@ def command(
         suites = []
         for run in trained:
             say(f"{run.folder}: {label}, {plural(len(run.seeds), 'seed')}")
-            suites.append(
-                (run.folder, _suite(run, corruption_names, levels, limit, seed, recompute, say))
-            )
+            suites.append((run.folder, _suite(run, options, recompute, say)))
         by_label[label] = suites
     curves = {label: noise_report.pool(label, suites) for label, suites in by_label.items()}
     table = noise_report.markdown(curves)
@@ -165,31 +191,32 @@ def command(
 
 
 def corruption_names(text: str) -> list[str]:
-    """``all``, ``reference``, ``standard``, ``cifar10c`` or names separated by commas."""
+    """``all``, ``reference``, ``cifar10c`` or names separated by commas."""
     groups = {
         "all": corruptions.CORRUPTIONS,
         "reference": corruptions.REFERENCE,
-        "standard": corruptions.STANDARD,
+        "cifar10c": corruptions.CIFAR10C,
     }
     if text in groups:
         return list(groups[text])
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def levels_from_text(text: str | None) -> list[float] | None:
+def numbers_from_text(text: str | None, flag: str, kind=float) -> tuple | None:
+    """``"0,0.5"`` -> (0.0, 0.5); None for no text; one line for anything else."""
     if not text:
         return None
     try:
-        return [float(x) for x in text.split(",")]
+        return tuple(kind(x) for x in text.split(","))
     except ValueError:
-        raise ConfigError(f"--levels must be numbers separated by commas, got {text!r}") from None
+        raise ConfigError(f"{flag} must be numbers separated by commas, got {text!r}") from None
 
 
-def _suite(run: TrainedRun, names, levels, limit, seed, recompute, say) -> dict:
+def _suite(run: TrainedRun, options: SuiteOptions, recompute, say) -> dict:
     """The run's suite: its earlier ``eval/noise.json`` if that was asked the same, else run now and
     saved there (the run's own figure beside it)."""
     path = run.folder / "eval" / "noise.json"
-    wanted = request(run, names, levels, limit, seed)
+    wanted = request(run, options)
     if path.is_file() and not recompute:
         try:
             earlier = json.loads(path.read_text())
@@ -198,7 +225,7 @@ def _suite(run: TrainedRun, names, levels, limit, seed, recompute, say) -> dict:
         if isinstance(earlier, dict) and earlier.get("request") == wanted:
             say(f"  reused {path} (same checkpoint and options; --recompute runs it again)")
             return earlier
-    suite = run_suite(run, names, levels, limit, seed, lambda line: say(f"  {line}"))
+    suite = run_suite(run, options, lambda line: say(f"  {line}"))
     suite.update(model=run.config.model.name, checkpoint=run.checkpoint, epoch=run.epoch)
     path.parent.mkdir(exist_ok=True)
     workdir_lib.atomic_write_text(path, json.dumps(suite, indent=1))

@@ -27,6 +27,7 @@ def curve_label(folder: pathlib.Path, model_name: str, in_sweep: bool) -> str:
 
 
 _SAME = ("test_images", "seed", "num_classes")
+_POOLED_PER_SEED = ("clean", "cifar10c_mean")
 
 
 def pool(label: str, suites: Sequence[tuple[pathlib.Path, dict]]) -> dict:
@@ -66,7 +67,9 @@ def pool(label: str, suites: Sequence[tuple[pathlib.Path, dict]]) -> dict:
         }
         for name, result in first["corruptions"].items()
     }
-    pooled["clean"] = [a for _, s in suites for a in s["clean"]]
+    for key in _POOLED_PER_SEED:
+        if all(key in s for _, s in suites):
+            pooled[key] = [a for _, s in suites for a in s[key]]
     pooled["seeds"] = [seed for _, s in suites for seed in s["seeds"]]
     pooled["seconds"] = sum(s["seconds"] for _, s in suites)
     pooled["runs"] = [str(folder) for folder, _ in suites]
@@ -91,29 +94,34 @@ def _at(result: dict, level: float | None = None, index: int | None = None):
     return result["accuracy"][index]
 
 
-def markdown(
-    curves: dict[str, dict], etas: Sequence[float] = (0.25, 0.5), severities: Sequence[int] = (3, 5)
-) -> str:
+def markdown(curves: dict[str, dict], etas: Sequence[float] = (0.25, 0.5)) -> str:
     """A table in %, mean +/- std over seeds: clean accuracy, each reference corruption at ``etas``,
-    each standard one at ``severities`` (0 is clean, 5 the strongest), and the suite's minutes."""
+    each CIFAR-10-C corruption as its mean over the severities run, the CIFAR-10-C mean over every
+    corruption and severity (RobustBench's convention), and the suite's minutes."""
     names = list(next(iter(curves.values()))["corruptions"])
+    cifar10c = [n for n in names if n in corruptions.CIFAR10C]
     header = ["variant", "seeds", "clean"]
     for name in names:
-        if name in corruptions.STANDARD:
-            header.append(f"{name} severity {' / '.join(map(str, severities))}")
+        if name in corruptions.CIFAR10C:
+            header.append(f"{name} (severities)")
         else:
             header.append(f"{name} eta {' / '.join(f'{eta:g}' for eta in etas)}")
+    if cifar10c:
+        header.append(f"CIFAR-10-C mean ({len(cifar10c)} corruptions)")
     header.append("suite minutes")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, suite in curves.items():
         cells = [label, ", ".join(map(str, suite["seeds"])), _cell(suite["clean"])]
         for name in names:
             result = suite["corruptions"][name]
-            if name in corruptions.STANDARD:
-                values = [_at(result, index=s) for s in severities]
+            if name in corruptions.CIFAR10C:
+                severe = [a for level, a in zip(result["levels"], result["accuracy"]) if level]
+                cells.append(_cell(np.mean(severe, axis=0)) if severe else "-")
             else:
                 values = [_at(result, level=eta) for eta in etas]
-            cells.append(" / ".join("-" if v is None else _cell(v) for v in values))
+                cells.append(" / ".join("-" if v is None else _cell(v) for v in values))
+        if cifar10c:
+            cells.append(_cell(suite["cifar10c_mean"]) if "cifar10c_mean" in suite else "-")
         cells.append(f"{suite['seconds'] / 60:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     images = {suite["test_images"] for suite in curves.values()}
@@ -147,10 +155,8 @@ def plot(curves: dict[str, dict], path, title: str) -> None:
         classes = {int(n) for suite in curves.values() if (n := suite.get("num_classes"))}
         if classes:
             ax.axhline(100 / max(classes), color="0.5", ls=":", lw=1, label="chance")
-        standard = name in corruptions.STANDARD
+        standard = name in corruptions.CIFAR10C
         ax.set_xlabel(_axis_label(name))
-        if name == "contrast":
-            ax.invert_xaxis()  # a smaller factor is a stronger corruption
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(name + (" (CIFAR-10-C)" if standard else " (reference)"))
         ax.grid(alpha=0.3)
@@ -176,8 +182,4 @@ def _axis_label(name: str) -> str:
         "picture": "eta (share of another image)",
         "holes": "eta (share of pixels zeroed)",
         "holes_w_noise": "eta (share of pixels replaced)",
-        "gaussian_noise": "noise std (severity 0-5)",
-        "impulse_noise": "share of salt-and-pepper pixels",
-        "contrast": "contrast factor (severity 0-5)",
-        "gaussian_blur": "blur sigma (pixels)",
-    }[name]
+    }.get(name, "severity (0: clean)")
