@@ -38,7 +38,7 @@ def disk(radius: float, alias_blur: float) -> np.ndarray:
     aliased /= aliased.sum()
     taps = _gaussian_taps(size, alias_blur)
     blurred = ndimage.correlate1d(aliased, taps, axis=0, mode="mirror")
-    return ndimage.correlate1d(blurred, taps, axis=1, mode="mirror")
+    return np.asarray(ndimage.correlate1d(blurred, taps, axis=1, mode="mirror"))
 
 
 def filter2d(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -54,7 +54,9 @@ def clipped_zoom(image: np.ndarray, factor: float) -> np.ndarray:
     h = image.shape[0]
     crop = int(np.ceil(h / factor))
     top = (h - crop) // 2
-    zoomed = ndimage.zoom(image[top : top + crop, top : top + crop], (factor, factor, 1), order=1)
+    zoomed = np.asarray(
+        ndimage.zoom(image[top : top + crop, top : top + crop], (factor, factor, 1), order=1)
+    )
     trim = (zoomed.shape[0] - h) // 2
     return zoomed[trim : trim + h, trim : trim + h]
 

@@ -75,7 +75,7 @@ def glass_blur(x, severity, rng):
         (0.25, 1, 2),
         (0.4, 1, 2),
     ][severity - 1]
-    x = np.uint8(ops.gaussian(x / 255.0, sigma) * 255)
+    x = (ops.gaussian(x / 255.0, sigma) * 255).astype(np.uint8)
     for _ in range(iterations):  # "locally shuffle pixels"
         for h in range(32 - delta, delta, -1):
             for w in range(32 - delta, delta, -1):
@@ -212,10 +212,10 @@ def elastic_transform(x, severity, rng):
         (size * 0.1, size * 0.03, size * 0.03),
     ][severity - 1]
     image = np.asarray(x, np.float32) / 255.0
-    center = np.float32([size, size]) // 2
+    center = np.array([size, size], np.float32) // 2
     square = size // 3
-    source = np.float32(
-        [center + square, [center[0] + square, center[1] - square], center - square]
+    source = np.array(
+        [center + square, [center[0] + square, center[1] - square], center - square], np.float32
     )
     target = source + rng.uniform(-c[2], c[2], size=source.shape).astype(np.float32)
     image = ops.warp_affine(image, ops.affine_matrix(source, target))
@@ -278,7 +278,7 @@ def corrupt(name: str, images: np.ndarray, severity: int, seed) -> np.ndarray:
         raise ConfigError(f"CIFAR-10-C corrupts 32 x 32 RGB images, got shape {images.shape}")
     rng = np.random.default_rng(seed)
     result = CORRUPTIONS[name](images.astype(np.float64), severity, rng)
-    return np.uint8(np.clip(result, 0, 255))
+    return np.clip(result, 0, 255).astype(np.uint8)  # truncated, as np.uint8() of the published
 
 
 def read_official(folder: pathlib.Path, name: str, severity: int, limit: int = 0):

@@ -115,7 +115,11 @@ def markdown(curves: dict[str, dict], etas: Sequence[float] = (0.25, 0.5)) -> st
         for name in names:
             result = suite["corruptions"][name]
             if name in corruptions.CIFAR10C:
-                severe = [a for level, a in zip(result["levels"], result["accuracy"]) if level]
+                severe = [
+                    a
+                    for level, a in zip(result["levels"], result["accuracy"], strict=True)
+                    if level
+                ]
                 cells.append(_cell(np.mean(severe, axis=0)) if severe else "-")
             else:
                 values = [_at(result, level=eta) for eta in etas]
