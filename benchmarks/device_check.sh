@@ -13,13 +13,20 @@ out=${1:?usage: bash benchmarks/device_check.sh OUT_DIR [flags]}
 shift
 mkdir -p "$out"
 python=${DEVICE_CHECK_PYTHON:-}
-if [ -z "$python" ]; then
+if [ -n "$python" ]; then
+    # a preinstalled JAX (the GPU image's): the package from this checkout, laid out as the wheel
+    # lays it out (configs/ as deepnmf_jax.configs), with no pip and no network
+    overlay=$(mktemp -d)
+    cp -r deepnmf_jax "$overlay/deepnmf_jax"
+    cp -r configs "$overlay/deepnmf_jax/configs"
+    export PYTHONPATH="$overlay${PYTHONPATH:+:$PYTHONPATH}"
+else
     python3 -m venv /tmp/deepnmf-device-venv
     python=/tmp/deepnmf-device-venv/bin/python
     if [ -d .whl ]; then
-        "$python" -m pip install -q --no-index --find-links .whl -e ".[cuda]"
+        "$python" -m pip install -q --no-index --find-links .whl -e ".[cuda13]"
     else
-        "$python" -m pip install -q -c requirements/constraints.txt -e ".[cuda]"
+        "$python" -m pip install -q -c requirements/constraints.txt -e ".[cuda13]"
     fi
 fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false

@@ -1,4 +1,4 @@
-"""The project's own promises: the README's test command is what CI runs."""
+"""The project's own promises: the README's commands are what a user and CI run, and its code runs."""
 
 import pathlib
 import re
@@ -6,16 +6,38 @@ import re
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _readme_commands():
+def _section(name: str) -> str:
     readme = (ROOT / "README.md").read_text()
-    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```bash\n(.*?)\n```", quick_start, flags=re.S)
+    return readme.split(f"## {name}", 1)[1].split("\n## ", 1)[0]
 
 
-def test_quick_start_has_two_commands_and_ci_runs_the_test_command_verbatim():
-    commands = _readme_commands()
-    assert len(commands) == 2 and all("\n" not in c for c in commands)
-    main_job, test_command = commands
-    assert "train.py --config configs/cifar10.py" in main_job
+def _blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)\n```", text, flags=re.S)
+
+
+def test_quick_start_is_two_commands_install_then_the_users_train_command():
+    install, train = _blocks(_section("Quick start"), "bash")
+    assert "\n" not in install and "\n" not in train
+    assert install.startswith("python -m pip install")
+    assert train.startswith("python train.py --config configs/cifar10.py")
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    (test_command,) = _blocks(_section("Development"), "bash")
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci_lines
+
+
+def test_readme_is_short_and_its_links_exist():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    for target in re.findall(r"\]\(((?!https?:)[^)#]+)", readme):
+        assert (ROOT / target).exists(), target
+
+
+def test_readme_nmf_layer_example_runs():
+    (code,) = _blocks(_section("The NMF layer in ten lines"), "python")
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["codes"].shape == (8, 24, 24, 32)
+    assert namespace["nnx_layer"](namespace["images"]).shape == (8, 24, 24, 32)

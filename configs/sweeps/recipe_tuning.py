@@ -1,4 +1,4 @@
-"""Tuning a fast training recipe on the validation split (issue: the paper's accuracy on small compute).
+"""Tuning a fast training recipe on the validation split.
 
 Every candidate trains one seed for 4 epochs on 10,000 CIFAR-10 training images and is judged on
 5,000 held-out training images (``data.validation_size``); the test set is not looked at (only 100
