@@ -36,8 +36,12 @@ class TrainingInterrupted(Exception):
 
     Attributes:
       signal: the signal's name (``"SIGINT"``, ...), or None.
+      before_training: stopped before the first step (loading, compiling, counting dead
+        channels): nothing was saved because there was nothing to save, and the device may still
+        be busy with a pass whose result is no longer wanted.
     """
 
-    def __init__(self, message: str, signal: str | None = None):
+    def __init__(self, message: str, signal: str | None = None, before_training: bool = False):
         super().__init__(message)
         self.signal = signal
+        self.before_training = before_training

@@ -1,13 +1,17 @@
 """Releases one seed of a trained run as ``deepnmf_jax/pretrained/NAME.npz`` with its manifest entry.
 
-    python scripts/release_weights.py runs/recipes/cnmf_1x1_fast --seed-index 0 \\
-        --name cnmf_1x1_cifar10_fast --command "python -m deepnmf_jax.sweep run ..."
+    python scripts/release_weights.py RUN --seed-index 0 --name cnmf_1x1_cifar10_fast \\
+        --data-dir DIR_WITH_cifar-10-python.tar.gz --command "deepnmf train ..."
 
-The weights (the moving average where the run kept one, and BatchNorm's running statistics where it
-has them) are stored in float32 under their parameter paths. The manifest records the config, the
-accuracy on the CIFAR-10 test set (evaluated here, in batches of the run's eval_batch_size) and on the
-500 test images of the bundled sample (which tests/test_pretrained.py reproduces), the sha256 of the
-file, and the command that trains the run.
+The run needs BatchNorm population statistics for the checkpoint (``deepnmf population-stats``
+makes them): they are released with the weights and are what ``pretrained.load`` uses. The weights
+(the moving average where the run kept one, and BatchNorm's running statistics where it has them)
+are stored in float32 under their parameter paths. The released file is then loaded back as a user
+loads it and measured on the CIFAR-10 test set: with population statistics at batch 1 and at batch
+50, and with each batch's own statistics (the reference's evaluation) at batch 50; plus the bundled
+sample's 500 test images (which tests/test_pretrained.py reproduces) and how many of them get the
+same class at batch 1 as at batch 50. The manifest records these, the config, the sha256 and the
+command that trains the run.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ import io
 import json
 import pathlib
 import sys
+import time
 
+import jax
 import numpy as np
 from flax import traverse_util
 
+from deepnmf_jax import pretrained
 from deepnmf_jax.data import pipeline as input_pipeline
 from deepnmf_jax.evaluation import export, runs
+from deepnmf_jax.nn.linen import POPULATION
 from deepnmf_jax.training.workdir import read_config
 
 FOLDER = pathlib.Path(__file__).resolve().parent.parent / "deepnmf_jax" / "pretrained"
@@ -35,6 +43,38 @@ def _portable(config: dict) -> dict:
     return {**config, "data": {**config["data"], "data_dir": ""}}
 
 
+def predictions(model, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The class of each uint8 (N, 32, 32, C) image, classified ``batch_size`` images at a time
+    (the last batch may be smaller)."""
+    apply = jax.jit(lambda v, x: model.apply(v, pretrained.preprocess(x), train=False))
+    out = [
+        np.asarray(apply(variables, images[i : i + batch_size])).argmax(-1)
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out)
+
+
+def measure(name: str, test, sample) -> dict:
+    """The accuracies of a released model as ``pretrained.load`` gives it."""
+    model, variables = pretrained.load(name)
+    _, batch_variables = pretrained.load(name, population=False)
+    out = {}
+    for key, vs, batch in (
+        ("population_batch_1", variables, 1),
+        ("population_batch_50", variables, 50),
+        ("batch_stats_batch_50", batch_variables, 50),
+    ):
+        start = time.perf_counter()
+        classes = predictions(model, vs, test.images, batch)
+        out[key] = float(np.mean(classes == test.labels))
+        print(f"{name}: {key} {100 * out[key]:.2f} % in {time.perf_counter() - start:.0f} s")
+    single = predictions(model, variables, sample.images, 1)
+    batched = predictions(model, variables, sample.images, 50)
+    out["bundled_sample_test"] = float(np.mean(batched == sample.labels))
+    out["bundled_sample_same_class_batch_1_and_50"] = int(np.sum(single == batched))
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -44,21 +84,18 @@ def main(argv=None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--command", required=True, help="the command that trains the run")
     parser.add_argument("--checkpoint", default="best")
-    parser.add_argument("--data-dir", default="", help="where the CIFAR-10 archive is")
+    parser.add_argument("--data-dir", required=True, help="where the CIFAR-10 archive is")
     args = parser.parse_args(argv)
-    overrides = {"data_dir": args.data_dir, "source": "folder"} if args.data_dir else {}
-    run = runs.open_run(args.run, args.checkpoint, data_overrides={**overrides, "test_limit": 0})
+    overrides = {"data_dir": args.data_dir, "source": "folder", "test_limit": 0}
+    run = runs.open_run(
+        args.run, args.checkpoint, data_overrides=overrides, require_population=True
+    )
     variables = run.variables(args.seed_index)
+    assert POPULATION in variables or "batch_stats" not in variables
     flat = traverse_util.flatten_dict(variables, sep="/")
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
     data = buffer.getvalue()
-    test = runs.evaluation_split(run, "test")
-    probs = run.predict(test.images)[args.seed_index]
-    test_accuracy = float(np.mean(probs.argmax(-1) == test.labels))
-    sample = input_pipeline.load_sample().test
-    sample_probs = run.predict(sample.images)[args.seed_index]
-    sample_accuracy = float(np.mean(sample_probs.argmax(-1) == sample.labels))
     m = run.config.model
     entry = {
         "file": f"{args.name}.npz",
@@ -76,12 +113,7 @@ def main(argv=None) -> int:
         "seed": run.seeds[args.seed_index],
         "checkpoint": run.checkpoint,
         "epoch": run.epoch,
-        "accuracy": {
-            f"{run.config.data.name}_test": test_accuracy,
-            "test_images": len(test),
-            "eval_batch_size": run.config.eval_batch_size,
-            "bundled_sample_test": sample_accuracy,
-        },
+        "accuracy": {},
         "command": args.command,
         # as trained: run.config is the evaluation's (another source drops the validation split)
         "config": _portable(read_config(pathlib.Path(args.run)).to_dict()),
@@ -91,9 +123,22 @@ def main(argv=None) -> int:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     manifest[args.name] = entry
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    test = runs.evaluation_split(run, "test")
+    accuracy = measure(args.name, test, input_pipeline.load_sample().test)
+    entry["accuracy"] = {
+        f"{run.config.data.name}_test": accuracy["population_batch_50"],
+        "test_images": len(test),
+        "eval_batch_size": 50,
+        **accuracy,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     print(
-        f"{FOLDER / entry['file']}: {len(data) / 1e6:.2f} MB, test accuracy {100 * test_accuracy:.2f} % "
-        f"({len(test):,} images), bundled sample {100 * sample_accuracy:.2f} %"
+        f"{FOLDER / entry['file']}: {len(data) / 1e6:.2f} MB, test accuracy "
+        f"{100 * accuracy['population_batch_50']:.2f} % ({len(test):,} images; batch 1: "
+        f"{100 * accuracy['population_batch_1']:.2f} %, batch statistics at 50: "
+        f"{100 * accuracy['batch_stats_batch_50']:.2f} %), bundled sample "
+        f"{100 * accuracy['bundled_sample_test']:.2f} %, same class at batch 1 and 50 on "
+        f"{accuracy['bundled_sample_same_class_batch_1_and_50']} of 500"
     )
     return 0
 

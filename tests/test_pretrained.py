@@ -1,5 +1,6 @@
-"""The released weights (deepnmf_jax.pretrained): they load, match their sha256, and reproduce the
-accuracy their manifest states on the bundled sample's 500 test images."""
+"""The released weights (deepnmf_jax.pretrained): they load, match their sha256, reproduce the
+accuracy their manifest states on the bundled sample's 500 test images, and classify an image the
+same way alone as in a batch (BatchNorm population statistics)."""
 
 import json
 import shutil
@@ -15,8 +16,8 @@ RELEASED = {"cnmf_1x1_cifar10_fast", "cnn_1x1_cifar10_fast"}
 
 
 def _accuracy(name: str) -> float:
-    """Accuracy on the sample's test images in batches of the evaluation's size (BatchNorm with
-    batch statistics depends on the batch), as the release script measured it."""
+    """Accuracy on the sample's test images in batches of the evaluation's size, as the release
+    script measured it."""
     entry = pretrained.info(name)
     model, variables = pretrained.load(name)
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
@@ -74,3 +75,21 @@ def test_a_manifest_from_before_an_added_config_key_still_loads(tmp_path, monkey
     assert model.block_cls.keywords["batch_norm_1x1"] is False
     folder, _ = reference_import.import_pretrained(name, tmp_path / "run")
     assert json.loads((folder / "config.json").read_text())["model"]["batch_norm_1x1"] is False
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_a_released_model_classifies_one_image_as_it_does_in_a_batch(name):
+    model, variables = pretrained.load(name)
+    assert "population" in variables  # released with its population statistics
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    images = pretrained.preprocess(input_pipeline.load_sample().test.images[:50])
+    batched = np.asarray(apply(variables, images))
+    alone = np.concatenate([np.asarray(apply(variables, images[i : i + 1])) for i in range(50)])
+    np.testing.assert_allclose(alone, batched, atol=1e-5)
+    accuracy = pretrained.info(name)["accuracy"]
+    # the manifest's measurement on the 10,000 test images: batch 1 and 50 agree to 0.1 point
+    assert abs(accuracy["population_batch_1"] - accuracy["population_batch_50"]) <= 0.001
+    assert accuracy["bundled_sample_same_class_batch_1_and_50"] == 500
+    # the reference's evaluation (each batch's own statistics) stays available
+    _, batch_variables = pretrained.load(name, population=False)
+    assert "population" not in batch_variables

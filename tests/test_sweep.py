@@ -361,3 +361,36 @@ def test_fig6_draws_hand_made_rows_with_a_partial_one(tmp_path):
     paths = figures.fig6(rows, tmp_path, "hand-made")
     assert [p.name for p in paths] == ["fig6.png", "fig6.svg"]
     assert all(p.stat().st_size > 20_000 for p in paths)
+
+
+def test_damaged_variant_files_are_one_warning_each_and_the_healthy_ones_reported(
+    local_sweep, tmp_path
+):
+    """A results.json of the wrong shape, a truncated one, a NaN accuracy and a torn first line
+    of metrics.jsonl: each named in one warning line, and the healthy variant still reported."""
+    folder = tmp_path / "sweep"
+    shutil.copytree(local_sweep[0], folder)
+    wrong_shape = folder / "model=cnn,seed=21" / "results.json"
+    wrong_shape.write_text(json.dumps({"final_test_accuracy": [0.5], "epochs_completed": "30"}))
+    truncated = folder / "model=cnn,seed=22" / "results.json"
+    truncated.write_text(truncated.read_text()[:40])
+    nan = folder / "model=cnmf,seed=21" / "results.json"
+    results = json.loads(nan.read_text())
+    results["final_test_accuracy"]["mean"] = float("nan")
+    nan.write_text(json.dumps(results))
+    torn = folder / "model=cnn,seed=22" / "metrics.jsonl"
+    lines = torn.read_text().splitlines()
+    torn.write_text("\n".join([lines[0][:25], *lines[1:]]) + "\n")
+    damaged = {wrong_shape, truncated, nan, torn}
+    for command in ("status", "report"):
+        code, output = _sweep(command, "--workdir", str(folder))
+        assert code == 0 and "Traceback" not in output, output
+        warnings_printed = [line for line in output.splitlines() if "warning" in line.lower()]
+        for path in damaged:
+            assert sum(str(path) in line for line in warnings_printed) == 1, (path, output)
+        assert len(warnings_printed) == len(damaged), output
+    table = (folder / "summary.md").read_text()
+    healthy = json.loads((folder / "model=cnmf,seed=22" / "results.json").read_text())
+    accuracy = f"{100 * healthy['final_test_accuracy']['mean']:.2f}"
+    assert "| model=cnmf,seed=22 | done | 30 |" in table and accuracy in table, table
+    assert "nan" not in table.lower(), table

@@ -345,6 +345,49 @@ def test_cli_resume_after_sigkill_is_bit_exact(uninterrupted_run, tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5
 
 
+def test_a_kill_during_the_best_save_leaves_results_that_name_existing_weights(
+    uninterrupted_run, tmp_path
+):
+    """SIGKILL at the instant the best epoch's save into best/ would complete (orbax's rename of
+    its temporary folder): the resume trains that epoch again, saves best/ again, removes the
+    half-written folder, and ends as the uninterrupted run did."""
+    done = json.loads((uninterrupted_run / "results.json").read_text())
+    best = done["best_checkpoint"]  # "best/STEP"
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir()),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        XLA_FLAGS=xla_flags(1),
+    )
+    killed = subprocess.run(
+        [sys.executable, "-m", "tests.fault_driver", "--kill-at-rename", best, "--", "train"]
+        + ["--config=configs/cifar10.py:sample", f"--workdir={tmp_path}", "--config.num_epochs=5"]
+        + CLI_FLAGS,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert list((tmp_path / "best").glob("*.orbax-checkpoint-tmp*"))  # cut short mid-save
+    code, output = _finish(_cli(tmp_path, "--config.num_epochs=5"))
+    assert code == 0, output
+    assert not list(tmp_path.rglob("*.orbax-checkpoint-tmp*"))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results == {
+        **done,
+        "config": results["config"],
+        "train_time_s": results["train_time_s"],
+        "compile_time_s": results["compile_time_s"],
+    }
+    assert (tmp_path / best).is_dir()
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == sorted(
+        p.name for p in (uninterrupted_run / "best").iterdir()
+    )
+
+
 def test_cli_ctrl_c_saves_and_exits_cleanly_then_resumes(uninterrupted_run, tmp_path):
     process = _cli(tmp_path, "--config.num_epochs=5")
     _wait_for_epoch(tmp_path, 1, process)

@@ -167,6 +167,12 @@ def run(command: Callable[[list[str]], Any], argv: Sequence[str] | None = None) 
         return 0 if status is None else int(status)
     except TrainingInterrupted as stopped:
         print(stopped, file=sys.stderr)
+        if stopped.before_training:
+            # Nothing to save, and a device computation already dispatched (a long pass before
+            # the first step) would hold up the interpreter's exit until it is done: exit now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
     except KeyboardInterrupt:
         print("stopped by Ctrl-C", file=sys.stderr)

@@ -101,10 +101,13 @@ def read_tar_member(archive: str | os.PathLike, member: str, max_bytes: int) -> 
     """The bytes of one regular file in a (possibly compressed) tar archive, without extracting;
     a member whose header declares more than ``max_bytes`` is refused before it is read."""
     with tarfile.open(archive, "r:*") as tar:
-        try:
-            info = tar.getmember(member)
-        except KeyError:
-            raise FileNotFoundError(f"{archive} has no member {member!r}") from None
+        # header by header, so the wanted member's declared size is checked as soon as its header
+        # is read (before anything after it: ``getmember`` would first walk the whole archive)
+        for info in tar:
+            if info.name == member:
+                break
+        else:
+            raise FileNotFoundError(f"{archive} has no member {member!r}")
         if not info.isfile():
             raise UnsafeArchiveError(
                 f"{archive}: member {member!r} is not a regular file (a link or device); refusing it"

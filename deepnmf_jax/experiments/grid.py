@@ -21,6 +21,8 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from deepnmf_jax.errors import ConfigError
+
 Point = dict[str, Any]
 LABEL = "variant"  # a point's own name, not a config key
 
@@ -102,7 +104,7 @@ def variants(points: Sequence[Point]) -> list[Variant]:
         else:
             name = ",".join(f"{names[k]}={format_value(point[k])}" for k in keys if k in point)
         if not is_folder_name(name):
-            raise ValueError(
+            raise ConfigError(
                 f"variant name {name!r} cannot be a folder name (one path component: no '/', "
                 "no '.' or '..', not empty)"
             )

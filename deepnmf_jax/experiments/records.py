@@ -18,8 +18,15 @@ class DamagedRecordWarning(UserWarning):
     """A variant's file could not be used; the variant is reported without it."""
 
 
+_WARNED: set[str] = set()  # one warning per damaged file and reason per process (a report reads
+# each variant's files more than once)
+
+
 def _warn(path: pathlib.Path, why: str) -> None:
-    warnings.warn(f"{path}: {why}; ignored", DamagedRecordWarning, stacklevel=3)
+    message = f"{path}: {why}; ignored"
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, DamagedRecordWarning, stacklevel=3)
 
 
 def _finite(value: Any) -> bool:

@@ -22,6 +22,7 @@ import errno
 import hashlib
 import logging
 import pathlib
+import sys
 import warnings
 from typing import Any
 
@@ -234,13 +235,38 @@ def _os_error(error: BaseException | None) -> OSError | None:
 
 def _first_line(error: BaseException, limit: int = 160) -> str:
     text = str(error).strip().splitlines()
-    return (text[0] if text else "")[:limit]
+    # TensorStore appends the repr of a bound method ("See full TensorStore details: <bound ...")
+    line = (text[0] if text else "").split(" See full TensorStore details")[0].rstrip(" .;")
+    return line[:limit]
+
+
+def _is_closed_loop_error(kind, value) -> bool:
+    return kind is RuntimeError and str(value) == "Event loop is closed"
+
+
+def _drop_closed_loop_tracebacks() -> None:
+    """Wraps ``sys.unraisablehook`` (once), where TensorStore's callbacks report errors they cannot
+    raise, so that ``RuntimeError: Event loop is closed`` prints nothing; every other unraisable
+    error is shown as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        if not _is_closed_loop_error(unraisable.exc_type, unraisable.exc_value):
+            previous(unraisable)
+
+    hook._drops_closed_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
 def _quiet_orbax():
     """Orbax logs a whole traceback for a damaged file before it raises; the caller says it in
-    one line instead."""
+    one line instead. A failed restore also leaves TensorStore callbacks that fire into orbax's
+    closed event loop later and print a traceback each (``RuntimeError: Event loop is closed``,
+    through ``sys.unraisablehook``): those are dropped too, from then on."""
+    _drop_closed_loop_tracebacks()
     loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:

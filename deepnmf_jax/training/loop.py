@@ -147,6 +147,7 @@ def _check_stop(stop: StopRequest) -> None:
         raise TrainingInterrupted(
             f"stopped by {stop.requested} before training started; nothing to save",
             signal=stop.requested,
+            before_training=True,
         )
 
 

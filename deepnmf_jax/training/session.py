@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import pathlib
 import shutil
+import time
 import warnings
 from typing import NamedTuple
 
@@ -95,6 +96,27 @@ def open_run(config: TrainConfig, workdir: pathlib.Path, data: Dataset, model: n
     )
 
 
+def _stop_if_requested(stop: StopRequest | None) -> None:
+    if stop is not None and stop.requested:
+        raise TrainingInterrupted(
+            f"stopped by {stop.requested} before training started; nothing to save",
+            signal=stop.requested,
+            before_training=True,
+        )
+
+
+def _wait_for(tree, stop: StopRequest | None, poll_s: float = 0.05) -> None:
+    """Waits for a dispatched computation, checking ``stop`` while it runs: a Ctrl-C during a long
+    pass before training (a huge ``model.iterations``, say) stops the run at once instead of when
+    the device is done (a blocking fetch would not return to Python before)."""
+    if stop is None:
+        return
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if hasattr(leaf, "is_ready")]
+    while not all(leaf.is_ready() for leaf in leaves):
+        _stop_if_requested(stop)
+        time.sleep(poll_s)
+
+
 def predict(
     built: program.Program,
     state: TrainState,
@@ -111,16 +133,14 @@ def predict(
     probs, maxima = [], None
     starts = range(0, images.shape[0], chunk)
     for start in tqdm(starts, desc=description, disable=description is None, leave=False):
-        if stop is not None and stop.requested:
-            raise TrainingInterrupted(
-                f"stopped by {stop.requested} before training started; nothing to save",
-                signal=stop.requested,
-            )
+        _stop_if_requested(stop)
         piece = images[start : start + chunk]
         if population is None:
-            p, m = fetch(built.predict(state, piece))
+            out = built.predict(state, piece)
         else:
-            p, m = fetch(built.predict_population(state, piece, population))
+            out = built.predict_population(state, piece, population)
+        _wait_for(out, stop)
+        p, m = fetch(out)
         probs.append(np.asarray(p))
         maxima = m if maxima is None else jax.tree_util.tree_map(np.maximum, maxima, m)
     return np.concatenate(probs, axis=1), maxima or {}

@@ -128,24 +128,20 @@ def exclusive(workdir: pathlib.Path) -> Iterator[None]:
         descriptor = _open_no_follow(lock_path, os.O_RDWR | os.O_CREAT)
     except OSError as error:
         raise write_error(lock_path, error) from None
-    handle = os.fdopen(descriptor, "r+")
-    try:
+    try:  # the descriptor itself, unbuffered: a full disk fails the write, not a later close
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise WorkdirInUse(f"{workdir} is in use by {holder}") from None
+            holder = os.pread(descriptor, 4096, 0).decode(errors="replace").strip()
+            raise WorkdirInUse(f"{workdir} is in use by {holder or 'another process'}") from None
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-            handle.flush()
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         except OSError as error:
             raise write_error(lock_path, error) from None
         yield
     finally:
-        handle.close()  # closing releases the lock
+        os.close(descriptor)  # closing releases the lock
 
 
 def atomic_write_text(path: pathlib.Path, text: str, keeps: str = "") -> None:
