@@ -1,6 +1,6 @@
 """CIFAR-100 (paper appendix A): the CIFAR-10 recipe with 100 classes (fine labels).
 
-    python train.py --config configs/cifar100.py --workdir runs/cifar100 \\
+    deepnmf train --config cifar100 --workdir runs/cifar100 \\
         --config.data.data_dir=PATH_WITH_cifar-100-python.tar.gz
 
 The reference code has no CIFAR-100 loader; this applies its CIFAR-10 recipe unchanged.

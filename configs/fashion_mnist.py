@@ -1,6 +1,6 @@
 """Fashion-MNIST (paper appendix A): 28x28 grey images cropped to 24x24, crop-only augmentation.
 
-    python train.py --config configs/fashion_mnist.py --workdir runs/fmnist \\
+    deepnmf train --config fashion_mnist --workdir runs/fmnist \\
         --config.data.data_dir=PATH_WITH_THE_FOUR_IDX_FILES
 
 As in the reference (``tools/get_the_data.py:84``): RandomCrop 24 in training, CenterCrop 24 in

@@ -87,7 +87,40 @@ def released_weights() -> str:
     return "\n".join(lines)
 
 
+def robustness() -> str:
+    module = _benchmark_module("robustness_report")
+    rows = _load("robustness")["rows"]
+
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    def robust(row, eps, gradient="unrolled"):
+        return pct(module.robust_at(row, eps, gradient))
+
+    lines = [
+        "| model | clean | ECE | ECE, temperature-scaled | reference noise, mean | "
+        "CIFAR-10-C, mean | PGD 2/255 | PGD 8/255 | PGD 8/255, approximate gradient | "
+        "PGD 8/255, transfer from the CNN twin |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        noise = row.get("noise", {})
+        ece = row.get("ece")
+        scaled = row.get("ece_temperature_scaled")
+        lines.append(
+            f"| {module.MODEL_TITLES.get(row['model'], row['model'])} | "
+            f"{pct(row.get('clean_accuracy'))} | "
+            f"{'-' if ece is None else f'{ece:.3f}'} | "
+            f"{'-' if scaled is None else f'{scaled:.3f}'} | "
+            f"{pct(noise.get('reference_mean'))} | {pct(noise.get('cifar10c_mean'))} | "
+            f"{robust(row, 2)} | {robust(row, 8)} | {robust(row, 8, 'approximate')} | "
+            f"{robust(row, 8, 'transfer')} |"
+        )
+    return "\n".join(lines)
+
+
 TABLES = {
+    "robustness": robustness,
     "time_to_accuracy": time_to_accuracy,
     "backprop": backprop,
     "train_step_cpu": train_step_cpu,

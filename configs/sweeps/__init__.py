@@ -1,1 +1,1 @@
-"""Sweep files (``python -m deepnmf_jax.sweep run configs/sweeps/NAME.py``): the paper's experiments."""
+"""Sweep files (``deepnmf sweep run --config sweeps/NAME``): the paper's experiments."""

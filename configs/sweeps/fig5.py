@@ -1,15 +1,15 @@
 """Paper Fig. 5: the four models (CNN, CNMF, CNN+1x1, CNMF+1x1), 5 seeds each, the paper's recipe.
 
-    python -m deepnmf_jax.sweep run configs/sweeps/fig5.py --workdir runs/fig5 \\
-        --set data.data_dir=PATH_WITH_cifar-10-python.tar.gz
-    python -m deepnmf_jax.sweep run configs/sweeps/fig5.py:fashion_mnist --workdir runs/fig5_fmnist
-    python -m deepnmf_jax.sweep run configs/sweeps/fig5.py:cifar100 --workdir runs/fig5_c100
-    python -m deepnmf_jax.sweep report --workdir runs/fig5
+    deepnmf sweep run --config sweeps/fig5 --workdir runs/fig5 \\
+        --config.data.data_dir=PATH_WITH_cifar-10-python.tar.gz
+    deepnmf sweep run --config sweeps/fig5:fashion_mnist --workdir runs/fig5_fmnist
+    deepnmf sweep run --config sweeps/fig5:cifar100 --workdir runs/fig5_c100
+    deepnmf sweep report --workdir runs/fig5
 
 Expected on CIFAR-10 (paper, mean over 5 seeds, up to 500 epochs of reduce-on-plateau):
 CNN 81.0 %, CNMF 81.5 %, CNN+1x1 82.8 %, CNMF+1x1 83.7 %. Fashion-MNIST and CIFAR-100 are the
 paper's appendix A (no numbers are drawn for them). A 1-epoch smoke version of the same grid:
-``--set num_epochs=1 --set num_seeds=1``.
+``--config.num_epochs=1 --config.num_seeds=1``.
 """
 
 import ml_collections

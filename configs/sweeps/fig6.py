@@ -2,10 +2,10 @@
 separately for the NMF layers and for the 1x1 convolutions (blocks 2 and 3), which moves the ratio of
 convolution (CNN) to NMF parameters while the architecture stays the same.
 
-    python -m deepnmf_jax.sweep run configs/sweeps/fig6.py --dry-run   # the variants and counts
-    python -m deepnmf_jax.sweep run configs/sweeps/fig6.py --workdir runs/fig6 --executor slurm \\
-        --slurm.gpus_per_node=1 --slurm.cpus_per_task=8 --set data.data_dir=PATH
-    python -m deepnmf_jax.sweep report --workdir runs/fig6
+    deepnmf sweep run --config sweeps/fig6 --dry-run   # the variants and counts
+    deepnmf sweep run --config sweeps/fig6 --workdir runs/fig6 --executor slurm \\
+        --slurm-gpus-per-node=1 --slurm-cpus-per-task=8 --config.data.data_dir=PATH
+    deepnmf sweep report --workdir runs/fig6
 
 The report draws accuracy against parameters (with the Pareto front) and against the CNN/NMF ratio.
 The paper's grid is underspecified ("2, 4, 8" in the text, "x1, 2, 4, 8" in the caption, and which

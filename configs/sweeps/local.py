@@ -3,7 +3,7 @@ gradient (``model.gradient=local_kl``: the reference's unsupervised KL rule for 
 reach lower layers through dL/dx). The paper reports 32 % test accuracy for its local-learning
 network; ``local_mse`` (the reference's squared-error rule) is the other local option.
 
-    python -m deepnmf_jax.sweep run configs/sweeps/local.py --workdir runs/local
+    deepnmf sweep run --config sweeps/local --workdir runs/local
 """
 
 import ml_collections

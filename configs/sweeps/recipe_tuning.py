@@ -5,10 +5,10 @@ Every candidate trains one seed for 4 epochs on 10,000 CIFAR-10 training images 
 test images are evaluated, to keep the runs cheap). The same candidates, with the same budget, run
 for CNMF+1x1 and for CNN+1x1 (``:cnn_1x1``), so the paper's comparison is re-tested on equal terms:
 
-    python -m deepnmf_jax.sweep run configs/sweeps/recipe_tuning.py --workdir runs/tune_cnmf \\
-        --set data.data_dir=PATH
-    python -m deepnmf_jax.sweep run configs/sweeps/recipe_tuning.py:cnn_1x1 --workdir runs/tune_cnn \\
-        --set data.data_dir=PATH
+    deepnmf sweep run --config sweeps/recipe_tuning --workdir runs/tune_cnmf \\
+        --config.data.data_dir=PATH
+    deepnmf sweep run --config sweeps/recipe_tuning:cnn_1x1 --workdir runs/tune_cnn \\
+        --config.data.data_dir=PATH
 
 Candidates: the paper's recipe; a cosine schedule with one warm-up epoch; with augmentation drawn
 per image; with two, three and five times the paper's learning rates; with label smoothing; with an

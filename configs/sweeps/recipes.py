@@ -3,14 +3,14 @@ also with the linear head (no dead class channels) and with BatchNorm at 1x1 (no
 1x1 at all, ``model.batch_norm_1x1``), 2 seeds, at most 40 epochs, 45,000 training
 images (5,000 held out to choose ``best/`` on), the full test set:
 
-    python -m deepnmf_jax.sweep run configs/sweeps/recipes.py --workdir runs/recipes \\
-        --set data.data_dir=PATH_WITH_cifar-10-python.tar.gz
+    deepnmf sweep run --config sweeps/recipes --workdir runs/recipes \\
+        --config.data.data_dir=PATH_WITH_cifar-10-python.tar.gz
     python benchmarks/time_to_accuracy.py runs/recipes --epochs 5 10 20 40 \\
         --out runs/recipes/time_to_accuracy.json --figure runs/recipes/time_to_accuracy
 
 On a 2-vCPU CPU an epoch of one seed took about 6 minutes with evaluation (CNMF+1x1: 4.5-5 of
 training, 1 of evaluating 15,000 images) and 2-2.5 (CNN+1x1): the whole grid is about 45 hours
-there; ``--set num_epochs=3`` is the short version, ``--only`` picks variants.
+there; ``--config.num_epochs=3`` is the short version, ``--only`` picks variants.
 """
 
 import ml_collections

@@ -108,6 +108,7 @@ def merge_plan(
             "sweep_file": sweep_file,
             "figures": list(sweep.figures),
             "paper": dict(sweep.paper),
+            "note": sweep.note,
             "version": __version__,
             "variants": variants,
         }
@@ -227,7 +228,8 @@ def write_report(folder: pathlib.Path) -> list[pathlib.Path]:
     """``summary.csv``, ``summary.md`` and the sweep's figures, from what its variants wrote."""
     plan = load_plan(folder)
     rows = report.collect(folder, plan["variants"], statuses(folder, plan))
-    title = f"sweep {plan['name']}"
+    note = plan.get("note") or ""
+    title = f"sweep {plan['name']}" + (f" ({note})" if note else "")
     paper = plan.get("paper") or None
     workdir_lib.atomic_write_text(folder / "summary.csv", report.to_csv(rows))
     workdir_lib.atomic_write_text(folder / "summary.md", report.to_markdown(rows, title, paper))

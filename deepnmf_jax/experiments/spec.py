@@ -41,6 +41,7 @@ class Sweep:
     points: list[dict[str, Any]]
     figures: tuple[str, ...] = ("curves",)
     paper: dict[str, float] = dataclasses.field(default_factory=dict)
+    note: str = ""  # what a reader of its tables and figures must know (e.g. a smoke test's)
 
 
 def load(spec: str) -> Sweep:
@@ -58,6 +59,7 @@ def load(spec: str) -> Sweep:
         points=[dict(point) for point in sweep.points],
         figures=tuple(sweep.get("figures", ("curves",))),
         paper=dict(sweep.get("paper", {}) or {}),
+        note=str(sweep.get("note", "") or ""),
     )
 
 
