@@ -1,4 +1,5 @@
-"""The reference's training recipe (spec section 3); every other config derives from this one.
+"""The reference's training recipe (mahbodnr/deep_nmf's run_network_train.py and configs; the
+docs' "where the paper and its code differ"); every other config derives from this one.
 
 Not meant to be run directly: use ``configs/cifar10.py``, ``configs/fashion_mnist.py`` or
 ``configs/cifar100.py``.

@@ -91,7 +91,7 @@ def _run_schedule(losses):
 def test_plateau_with_constant_loss_follows_torch():
     """torch ReduceLROnPlateau(factor 0.1, patience 10): epoch 0 sets the best, epochs 1..11 are bad,
     and the 11th bad epoch (index 11) reduces; then every 11 epochs. Stop (lr_a < 1e-9, i.e. scale <
-    1e-7) after the 8th reduction, at epoch index 88 (spec 3.4)."""
+    1e-7) after the 8th reduction, at epoch index 88."""
     scales = _run_schedule([5.0] * 100)
     reductions = [i for i in range(1, 100) if scales[i] < scales[i - 1]]
     assert reductions == [11, 22, 33, 44, 55, 66, 77, 88, 99]

@@ -198,7 +198,9 @@ def test_local_sweep_runs_reports_and_reruns_nothing(local_sweep):
     table = (folder / "summary.md").read_text()
     assert "| model=cnmf,seed=22 | done | 30 | 1 | 2,780 (2,756 / 0 / 24) |" in table
     assert "4 of 4 variants done" in table
-    assert table.startswith("# sweep smoke (a test of the machinery: its accuracy is not meant to be")
+    assert table.startswith(
+        "# sweep smoke (a test of the machinery: its accuracy is not meant to be"
+    )
     csv_lines = (folder / "summary.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith(
         "variant,state,epochs,seeds,params_total"

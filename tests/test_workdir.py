@@ -1,4 +1,4 @@
-"""A workdir that nothing can corrupt, and one-line errors for what a user can get wrong (issue 9)."""
+"""A workdir that nothing can corrupt, and one-line errors for what a user can get wrong."""
 
 import dataclasses
 import json

@@ -2,8 +2,8 @@
 
 :class:`DeepNMF` takes its block as a module class (``block_cls``, flax imagenet's pattern), called
 once per :class:`BlockSpec` as ``block_cls(spec, index=k, num_blocks=n, name=f"block{k}")`` and
-returning ``(output, intermediates)``. :class:`Block` is the paper's block (spec 1.3,
-``mahbodnr/deep_nmf:tools/append_block.py``), in order::
+returning ``(output, intermediates)``. :class:`Block` is the paper's block (the docs' "where the
+paper and its code differ", decision 4; ``mahbodnr/deep_nmf:tools/append_block.py``), in order::
 
     ReLU -> patches -> L1 per patch -> a-layer (NMF or linear)      -> BN if spatial > 1x1
          [-> ReLU -> L1 over channels -> 1x1 conv + bias ("+1x1")  -> BN if spatial > 1x1]

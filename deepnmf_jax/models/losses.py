@@ -1,7 +1,8 @@
 """Losses on class probabilities (the networks end with a softmax).
 
 * :func:`reference_loss` is the reference's ``loss_function`` with ``loss_mode=0`` exactly
-  (``mahbodnr/deep_nmf:tools/loss_function.py``; spec 3.2), a **sum** over the batch::
+  (``mahbodnr/deep_nmf:tools/loss_function.py``; decision 3 of the docs' "where the paper and
+  its code differ"), a **sum** over the batch::
 
       KL  = (1/C) sum_{n,c} y_nc log((y_nc + 1e-20) / (p_nc + 1e-20))   (= (1/C) sum_n -log(p_{n,y_n} + 1e-20))
       MSE = (1/C) sum_{n,c} (p_nc - y_nc)^2

@@ -98,7 +98,7 @@ def positional_names(model_name: str, image_size: int = 28, **model_overrides) -
     The reference's ``append_block`` appends, per block: ReLU, Unfold, Fold, L1Norm, the a-layer,
     BatchNorm if the output is larger than 1x1, then for the +1x1 models ReLU, L1Norm, the 1x1 conv
     and BatchNorm if larger than 1x1, then the AvgPool if the block pools; ``make_network`` ends
-    with Softmax and Flatten (spec 1.1). Which of these a block has is read off this library's
+    with Softmax and Flatten (the reference's make_network). Which of these a block has is read off this library's
     model (its BatchNorm layers exist exactly where the reference's do).
     """
     model, shapes = _template(model_name, image_size, **model_overrides)
