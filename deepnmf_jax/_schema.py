@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -217,8 +218,10 @@ def replace(config, overrides: Mapping[str, Any], texts: bool = False):
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
         if key not in fields:
-            close = [k for k in fields if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            close = difflib.get_close_matches(key, list(fields), n=1) or [
+                k for k in fields if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]
+            ]
+            hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(f"unknown config key {key}{hint}")
         field_hint = fields[key][1]
         value = parse_text(value, field_hint, key) if texts else check_type(value, field_hint, key)

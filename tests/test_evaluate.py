@@ -104,7 +104,7 @@ def test_bad_input_is_one_line_and_writes_nothing(local_sweep, tmp_path):
         (("--workdir", other), "is not a checkpoint of this run's model"),
         (("--workdir", damaged), "damaged (its arrays do not match their stored checksum)"),
         (("--workdir", tmp_path / "missing"), "does not exist"),
-        (("noise", "--workdir", run, "--corruptions", "fog"), "unknown corruption 'fog'"),
+        (("noise", "--workdir", run, "--corruptions", "fgo"), "unknown corruption 'fgo'"),
         (
             ("noise", "--workdir", run, "--levels", "0,1.5"),
             "noise levels must be in [0, 1], got 1.5",

@@ -50,8 +50,10 @@ def _lines(output: str, prefix: str) -> list[str]:
 
 
 def _one_error(code: int, output: str) -> str:
+    """The one ``error:`` line of a failed command (printed: ``pytest -rP`` shows what users see)."""
     errors = _lines(output, "error:")
     assert code == 1 and len(errors) == 1 and "Traceback" not in output, output
+    print(errors[0])
     return errors[0]
 
 
@@ -218,6 +220,7 @@ def test_a_damaged_latest_checkpoint_is_one_warning_line(finished_run, tmp_path)
     assert len(warnings_printed) == 1, output
     assert "Traceback" not in output and "Event loop" not in output, output
     assert "TensorStore details" not in warnings_printed[0], warnings_printed[0]
+    print(warnings_printed[0])
 
 
 # --- 7, 8: the sweep's plan ------------------------------------------------------------------------
