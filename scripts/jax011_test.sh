@@ -15,7 +15,5 @@ venv=${JAX011_VENV:-/tmp/deepnmf-jax011}
 "$venv/bin/python" -c "import jax; print('JAX', jax.__version__)"
 "$venv/bin/python" -m pytest -q -n 2 -p no:cacheprovider tests/test_nmf.py tests/test_layers.py \
     tests/test_models.py tests/test_nnx.py tests/test_train.py::test_smoke_every_model
-out=$(mktemp -d)
-DEVICE_CHECK_PYTHON="$venv/bin/python" bash benchmarks/device_check.sh "$out" --smoke --budget-s 120
-test -s "$out/device_check.json"
+bash scripts/device_check_smoke.sh "$venv/bin/python"
 echo "JAX 0.11 test: ok"
