@@ -2,6 +2,7 @@
 trained here, a run evaluated while it trains, export with jax.export (and ONNX), and a PyTorch
 reference state_dict and a released model brought in as runs. The noise suite: test_noise.py."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -183,8 +184,10 @@ def test_exported_inference_runs_without_the_library_at_any_batch_size(local_swe
     # batch-independent: the first 7 images get the same probabilities in a batch of 7 and of 25
     seven, twenty_five = (np.load(str(p) + ".out.npy") for p in paths)
     np.testing.assert_allclose(seven, twenty_five[:7], rtol=0, atol=1e-6)
-    if "ONNX:" in output:  # jax2onnx is an optional extra; CI installs it
-        pytest.skip(f"ONNX not checked here: {output.split('ONNX:')[1].strip()}")
+    if importlib.util.find_spec("jax2onnx") is None:  # an optional extra; CI installs it
+        pytest.skip("ONNX not checked here: jax2onnx is not installed")
+    # installed, a failed conversion is a failure (a skip hid one: jax2onnx's loop lowering took
+    # no ``unroll`` argument)
     assert "onnxruntime agrees with JAX to" in output and (tmp_path / "model.onnx").exists()
 
 

@@ -24,7 +24,9 @@ def _iterate_all(x, w, options: NMFOptions):
     # h0 = 1/I everywhere, shaped by broadcasting (no shape argument: exporters with a symbolic
     # batch, such as jax2onnx, cannot build a constant of that shape)
     h0 = jnp.zeros_like(x[..., :1]) + jnp.full((1, num_hidden), 1.0 / num_hidden, x.dtype)
-    unroll = options.unroll
+    # the rolled default is passed as no argument at all: a loop's lowering in other tools
+    # (jax2onnx's fori_loop plugin) may not take ``unroll``
+    loop = {} if options.unroll in (False, 0, 1) else {"unroll": options.unroll}
 
     if options.carry_inputs:  # the same loop with x and W in the carry (NMFOptions.carry_inputs)
 
@@ -32,14 +34,14 @@ def _iterate_all(x, w, options: NMFOptions):
             h, x_, w_ = carry
             return nmf_update(h, x_, w_, options.epsilon, options.precision), x_, w_
 
-        return lax.fori_loop(0, options.iterations, carried, (h0, x, w), unroll=unroll)[0]
+        return lax.fori_loop(0, options.iterations, carried, (h0, x, w), **loop)[0]
 
     def body(_, h):
         return nmf_update(h, x, w, options.epsilon, options.precision)
 
     if isinstance(options.backward, Unrolled) and options.backward.remat:
         body = jax.checkpoint(body)
-    return lax.fori_loop(0, options.iterations, body, h0, unroll=unroll)
+    return lax.fori_loop(0, options.iterations, body, h0, **loop)
 
 
 def iterate(x: jax.Array, w: jax.Array, options: NMFOptions, chunks: int = 1) -> jax.Array:
