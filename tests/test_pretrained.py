@@ -12,7 +12,12 @@ import pytest
 from deepnmf_jax import pretrained
 from deepnmf_jax.data import pipeline as input_pipeline
 
-RELEASED = {"cnmf_1x1_cifar10_fast", "cnn_1x1_cifar10_fast"}
+RELEASED = {
+    "cnmf_1x1_cifar10_fast",
+    "cnn_1x1_cifar10_fast",
+    "cnmf_cifar10_fast",
+    "cnn_cifar10_fast",
+}
 
 
 def _accuracy(name: str) -> float:
@@ -38,7 +43,7 @@ def test_a_released_model_reproduces_its_stated_accuracy(name):
     assert entry["model"]["name"] == name.split("_cifar10")[0]
     # one image of 500 either way: float32 rounding differs between CPUs (AVX2, AVX-512)
     assert abs(_accuracy(name) - entry["accuracy"]["bundled_sample_test"]) <= 1 / 500
-    # short runs (3 and 5 epochs), but far above chance (10 %)
+    # far above chance (10 %), whatever the run's length
     assert entry["accuracy"]["cifar10_test"] > 0.25 and entry["command"]
     # nothing from the machine that trained it: the data folder is the user's to give
     assert entry["config"]["data"]["data_dir"] == "" and "/work/" not in str(entry)
