@@ -33,90 +33,136 @@ def time_to_accuracy() -> str:
     return module.table(module.labelled(data["variants"]), data["epochs"])
 
 
-def backprop() -> str:
-    rows = _load("backprop")["rows"]
-    lines = [
-        "| model | NMF gradient | backward (ms) | train step (ms) | backward / CNN's | "
-        "XLA temp memory / CNN's |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['gradient']} | {1e3 * r['backward_s']:.1f} | "
-            f"{1e3 * r['train_step_s']:.1f} | {r['backward_vs_cnn']:.2f} | "
-            f"{r['xla_temp_vs_cnn']:.2f} |"
-        )
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: one header row, the separator, one line per row of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    """A fraction as a percentage with two decimals; ``-`` for a missing value."""
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def backprop() -> str:
+    header = [
+        "model",
+        "NMF gradient",
+        "backward (ms)",
+        "train step (ms)",
+        "backward / CNN's",
+        "XLA temp memory / CNN's",
+    ]
+    rows = [
+        [
+            r["model"],
+            r["gradient"],
+            f"{1e3 * r['backward_s']:.1f}",
+            f"{1e3 * r['train_step_s']:.1f}",
+            f"{r['backward_vs_cnn']:.2f}",
+            f"{r['xla_temp_vs_cnn']:.2f}",
+        ]
+        for r in _load("backprop")["rows"]
+    ]
+    return _markdown_table(header, rows)
 
 
 def train_step_cpu() -> str:
-    data = _load("train_step_cpu")
-    lines = [
-        "| model | seeds | batch | seed loop | images/s | GFLOP/s | fraction of matmul peak | "
-        "CIFAR-10 epoch (min) | compile (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "model",
+        "seeds",
+        "batch",
+        "seed loop",
+        "images/s",
+        "GFLOP/s",
+        "fraction of matmul peak",
+        "CIFAR-10 epoch (min)",
+        "compile (s)",
     ]
-    for r in data["rows"]:
-        lines.append(
-            f"| {r['model']} | {r['seeds']} | {r['batch']} | {r['seed_loop']} | "
-            f"{r['images_per_s']:.0f} | {r['gflops']:.1f} | {r['fraction_of_peak']:.2f} | "
-            f"{r['cifar10_epoch_min']:.1f} | {r['compile_s']:.1f} |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [
+            r["model"],
+            str(r["seeds"]),
+            str(r["batch"]),
+            r["seed_loop"],
+            f"{r['images_per_s']:.0f}",
+            f"{r['gflops']:.1f}",
+            f"{r['fraction_of_peak']:.2f}",
+            f"{r['cifar10_epoch_min']:.1f}",
+            f"{r['compile_s']:.1f}",
+        ]
+        for r in _load("train_step_cpu")["rows"]
+    ]
+    return _markdown_table(header, rows)
 
 
 def released_weights() -> str:
     manifest = json.loads((ROOT / "deepnmf_jax" / "pretrained" / "manifest.json").read_text())
-    lines = [
-        "| name | model | test accuracy (%) | population stats, batch 1 | population stats, "
-        "batch 50 | batch stats, batch 50 | checkpoint | sha256 |",
-        "|---|---|---|---|---|---|---|---|",
+    header = [
+        "name",
+        "model",
+        "test accuracy (%)",
+        "population stats, batch 1",
+        "population stats, batch 50",
+        "batch stats, batch 50",
+        "checkpoint",
+        "sha256",
     ]
-
-    def pct(value):
-        return "-" if value is None else f"{100 * value:.2f}"
-
+    rows = []
     for name, entry in sorted(manifest.items()):
         acc = entry.get("accuracy", {})
-        lines.append(
-            f"| `{name}` | {entry.get('model', {}).get('name', '?')} | "
-            f"{pct(acc.get('cifar10_test'))} | {pct(acc.get('population_batch_1'))} | "
-            f"{pct(acc.get('population_batch_50'))} | {pct(acc.get('batch_stats_batch_50'))} | "
-            f"{entry.get('checkpoint', '-')} | `{entry.get('sha256', '-')[:12]}` |"
+        rows.append(
+            [
+                f"`{name}`",
+                entry.get("model", {}).get("name", "?"),
+                _pct(acc.get("cifar10_test")),
+                _pct(acc.get("population_batch_1")),
+                _pct(acc.get("population_batch_50")),
+                _pct(acc.get("batch_stats_batch_50")),
+                str(entry.get("checkpoint", "-")),
+                f"`{entry.get('sha256', '-')[:12]}`",
+            ]
         )
-    return "\n".join(lines)
+    return _markdown_table(header, rows)
 
 
 def robustness() -> str:
     module = _benchmark_module("robustness_report")
-    rows = _load("robustness")["rows"]
-
-    def pct(value):
-        return "-" if value is None else f"{100 * value:.2f}"
-
-    def robust(row, eps, gradient="unrolled"):
-        return pct(module.robust_at(row, eps, gradient))
-
-    lines = [
-        "| model | clean | ECE | ECE, temperature-scaled | reference noise, mean | "
-        "CIFAR-10-C, mean | PGD 2/255 | PGD 8/255 | PGD 8/255, approximate gradient | "
-        "PGD 8/255, transfer from the CNN twin |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "model",
+        "clean",
+        "ECE",
+        "ECE, temperature-scaled",
+        "reference noise, mean",
+        "CIFAR-10-C, mean",
+        "PGD 2/255",
+        "PGD 8/255",
+        "PGD 8/255, approximate gradient",
+        "PGD 8/255, transfer from the CNN twin",
     ]
-    for row in rows:
+    rows = []
+    for row in _load("robustness")["rows"]:
         noise = row.get("noise", {})
-        ece = row.get("ece")
-        scaled = row.get("ece_temperature_scaled")
-        lines.append(
-            f"| {module.MODEL_TITLES.get(row['model'], row['model'])} | "
-            f"{pct(row.get('clean_accuracy'))} | "
-            f"{'-' if ece is None else f'{ece:.3f}'} | "
-            f"{'-' if scaled is None else f'{scaled:.3f}'} | "
-            f"{pct(noise.get('reference_mean'))} | {pct(noise.get('cifar10c_mean'))} | "
-            f"{robust(row, 2)} | {robust(row, 8)} | {robust(row, 8, 'approximate')} | "
-            f"{robust(row, 8, 'transfer')} |"
+        rows.append(
+            [
+                module.MODEL_TITLES.get(row["model"], row["model"]),
+                _pct(row.get("clean_accuracy")),
+                _number(row.get("ece"), ".3f"),
+                _number(row.get("ece_temperature_scaled"), ".3f"),
+                _pct(noise.get("reference_mean")),
+                _pct(noise.get("cifar10c_mean")),
+                _pct(module.robust_at(row, 2, "unrolled")),
+                _pct(module.robust_at(row, 8, "unrolled")),
+                _pct(module.robust_at(row, 8, "approximate")),
+                _pct(module.robust_at(row, 8, "transfer")),
+            ]
         )
-    return "\n".join(lines)
+    return _markdown_table(header, rows)
 
 
 TABLES = {

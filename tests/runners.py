@@ -1,9 +1,12 @@
 """Subprocess launchers shared by the tests: the project's commands as a user runs them."""
 
+import contextlib
 import os
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = str(ROOT / "configs" / "sweeps" / "smoke.py")
@@ -50,3 +53,24 @@ def run_module(module: str, *args, timeout=600) -> tuple[int, str]:
         timeout=timeout,
     )
     return done.returncode, done.stdout + done.stderr
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: pathlib.Path, size: str, read_only_folder: str | None = None):
+    """A real file system of ``size`` (a tmpfs, e.g. ``"8m"``) at ``mount_point``, unmounted on exit.
+    With ``read_only_folder``, that empty folder is made and the file system remounted read-only
+    (even root cannot write there). Skips the test where mounting is not allowed (needs root)."""
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        if read_only_folder is not None:
+            (mount_point / read_only_folder).mkdir()
+            subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)

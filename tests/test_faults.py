@@ -23,6 +23,7 @@ import zipfile
 import pytest
 
 from deepnmf_jax.experiments import grid, runner
+from tests import runners
 from tests.runners import ROOT, subprocess_env
 from tests.test_train import _cli, _finish, _wait_for_epoch
 
@@ -151,17 +152,8 @@ def test_atomic_writes_replace_a_link_and_never_touch_its_target(tmp_path):
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 8 MB file system (tmpfs); skipped where mounting is not allowed."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True
-    )
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with runners.mounted_tmpfs(tmp_path / "disk", "8m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def _fill(disk: pathlib.Path) -> pathlib.Path:

@@ -23,6 +23,7 @@ from deepnmf_jax.training import checks, workdir
 from deepnmf_jax.training import loop as train_lib
 from deepnmf_jax.training.config import from_any
 from deepnmf_jax.training.state import Progress
+from tests import runners
 from tests.test_train import ROOT, _cli, _finish, _wait_for_epoch, tiny_config
 
 QUIET = {"tensorboard": False, "model.name": "cnmf"}
@@ -332,19 +333,8 @@ def test_cli_one_line_errors_for_what_a_user_can_get_wrong(tmp_path):
 def read_only_filesystem(tmp_path):
     """A real read-only file system (a tmpfs remounted read-only) holding an empty folder ``run``;
     even root cannot write there."""
-    mount_point = tmp_path / "ro"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True
-    )
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
-        (mount_point / "run").mkdir()
-        subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
+    with runners.mounted_tmpfs(tmp_path / "ro", "1m", read_only_folder="run") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_a_read_only_workdir_is_one_line(read_only_filesystem):
