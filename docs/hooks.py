@@ -101,6 +101,33 @@ def train_step_cpu() -> str:
     return _markdown_table(header, rows)
 
 
+def side_by_side_cpu() -> str:
+    header = [
+        "model",
+        "batch",
+        "seeds",
+        "code",
+        "images/s",
+        "vs the reference",
+        "fraction of matmul peak",
+        "peak RSS (MiB)",
+    ]
+    rows = [
+        [
+            r["model"],
+            str(r["batch"]),
+            str(r["seeds"]),
+            r["code"],
+            f"{r['images_per_s']:.0f}",
+            _number(r.get("vs_reference"), ".2f") + "x",
+            f"{100 * r['fraction_of_peak']:.0f} %",
+            f"{r['max_rss_mib']:.0f}",
+        ]
+        for r in _load("side_by_side_cpu")["rows"]
+    ]
+    return _markdown_table(header, rows)
+
+
 def released_weights() -> str:
     manifest = json.loads((ROOT / "deepnmf_jax" / "pretrained" / "manifest.json").read_text())
     header = [
@@ -170,6 +197,7 @@ TABLES = {
     "time_to_accuracy": time_to_accuracy,
     "backprop": backprop,
     "train_step_cpu": train_step_cpu,
+    "side_by_side_cpu": side_by_side_cpu,
     "released_weights": released_weights,
 }
 

@@ -252,3 +252,36 @@ def test_time_to_accuracy_keeps_rows_of_runs_no_longer_here(
     with pytest.raises(SystemExit):
         script.main(["--keep", str(tmp_path / "nothing.json"), "--out", str(out)])
     assert "nothing.json: no such file" in capsys.readouterr().err
+
+
+def test_side_by_side_runs_our_code_trees_and_refuses_a_folder_without_the_package(tmp_path):
+    """Ours only (torch is not a test dependency): two labelled code trees, each in its own worker."""
+    out = tmp_path / "side_by_side.json"
+    small = ["--set=model.width=0.125", "--set=model.iterations=2", "--peak-size=256"]
+    stdout = _run(
+        "side_by_side.py",
+        "--models=cnmf_1x1",
+        "--batches=4",
+        "--seeds=1",
+        "--rounds=2",
+        "--steps=1",
+        f"--ours=a={ROOT}",
+        f"--ours=b={ROOT}",
+        *small,
+        f"--out={out}",
+    )
+    assert "| cnmf_1x1 | 4 | 1 | a |" in stdout and "| cnmf_1x1 | 4 | 1 | b |" in stdout
+    report = json.loads(out.read_text())
+    assert [r["code"] for r in report["rows"]] == ["a", "b"]
+    for row in report["rows"]:
+        assert row["images_per_s"] > 0 and row["max_rss_mib"] > 0 and 0 < row["fraction_of_peak"]
+        assert str(ROOT / "deepnmf_jax") in row["software"]  # imported from the tree named
+        assert "vs_reference" not in row  # no reference asked for
+    assert report["peak_gflops"] > 0 and report["machine"]["backend"] == "cpu"
+    refused = subprocess.run(
+        [sys.executable, "benchmarks/side_by_side.py", f"--ours=old={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "no deepnmf_jax package in" in refused.stderr

@@ -1,5 +1,6 @@
 """The project's own promises: the README's commands are what a user and CI run, and its code runs."""
 
+import json
 import pathlib
 import re
 
@@ -41,3 +42,19 @@ def test_readme_nmf_layer_example_runs():
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["codes"].shape == (8, 24, 24, 32)
     assert namespace["nnx_layer"](namespace["images"]).shape == (8, 24, 24, 32)
+
+
+def test_readme_speed_line_is_the_side_by_side_results():
+    rows = json.loads((ROOT / "benchmarks" / "results" / "side_by_side_cpu.json").read_text())[
+        "rows"
+    ]
+    ratios = {
+        (r["model"], r["batch"]): r["vs_reference"]
+        for r in rows
+        if r["seeds"] == 1 and r["code"] != "reference"
+    }
+    line = _section("Results at a glance").split("Speed, one seed", 1)[1].split("[The table", 1)[0]
+    quoted = [float(x) for x in re.findall(r"(\d+\.\d\d)x", line)]
+    models = ("cnn", "cnn_1x1", "cnmf", "cnmf_1x1")
+    expected = [round(ratios[m, b], 2) for b in (50, 256) for m in models]
+    assert quoted == expected

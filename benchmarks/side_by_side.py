@@ -1,0 +1,227 @@
+"""Our train step beside the PyTorch reference's, in one run on one machine: images/s, fraction of the
+matmul peak and peak memory, per model, batch size and seed count.
+
+    python benchmarks/side_by_side.py --reference-repo ../deep_nmf --reference-python ~/torch/bin/python
+    python benchmarks/side_by_side.py ... --ours before=/tmp/old_tree --ours after=.  # two code trees
+    python benchmarks/side_by_side.py ... --ours matmul=. --ours conv=. --set conv:model.patch_conv=conv
+    python benchmarks/side_by_side.py ... --out benchmarks/results/side_by_side_cpu.json
+
+Every configuration runs in its own worker process (``step_worker_jax.py`` for ours, from each code
+tree given by ``--ours LABEL=TREE``; ``step_worker_torch.py`` for the reference, under a Python with
+torch 2.x and jsmin, the reference repository mahbodnr/deep_nmf on its path). The workers of one
+model and batch size are started together and then timed in ``--rounds`` rounds of ``--steps``
+steps each, taking turns in an order rotated every round, so a slow stretch of the machine hits all
+of them alike. Images/s is the median over rounds; the speed-up is the median of the per-round ratios
+to the reference. The reference trains one seed at a time, so its images/s is also what it gives for
+five seeds run one after another. The machine's ``jnp.dot`` peak is measured in the same run, and
+each worker's peak resident memory (``ru_maxrss``) is reported beside it. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+DEFAULT_OUT = "runs/benchmarks/side_by_side.json"
+MODELS = ("cnn", "cnn_1x1", "cnmf", "cnmf_1x1")
+
+
+class Worker:
+    """A worker process that times train steps when asked (the protocol of the worker scripts)."""
+
+    def __init__(self, label: str, seeds: int, command: list[str], env: dict):
+        self.label, self.seeds = label, seeds
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self.ready = self._read()
+        self.round_medians: list[float] = []
+
+    def _read(self) -> dict:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"error: the {self.label} worker stopped (exit {self.process.wait()})")
+        return json.loads(line)
+
+    def _send(self, request: dict) -> dict:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def time_round(self, steps: int) -> None:
+        self.round_medians.append(statistics.median(self._send({"steps": steps})["step_s"]))
+
+    def quit(self) -> float:
+        rss = self._send({"quit": True})["max_rss_mib"]
+        self.process.wait()
+        return rss
+
+
+def _tree_env(tree: pathlib.Path) -> dict:
+    return dict(os.environ, PYTHONPATH=str(tree.resolve()), JAX_PLATFORMS="cpu")
+
+
+def _settings(items: list[str], label: str) -> list[str]:
+    """The ``--set`` items for the code tree ``label``: ``KEY=VALUE`` for every tree,
+    ``LABEL:KEY=VALUE`` for that one only."""
+    chosen = []
+    for item in items:
+        prefix, colon, rest = item.partition(":")
+        if not colon or "=" in prefix:
+            chosen.append(item)
+        elif prefix == label:
+            chosen.append(rest)
+    return chosen
+
+
+def start_workers(model: str, batch: int, args, measure_peak: bool) -> list[Worker]:
+    workers = []
+    if args.reference_repo:
+        command = [
+            args.reference_python,
+            str(HERE / "step_worker_torch.py"),
+            f"--repo={args.reference_repo}",
+            f"--model={model}",
+            f"--batch={batch}",
+            f"--threads={args.threads}",
+        ]
+        env = dict(os.environ, PYTHONPATH=str(pathlib.Path(args.reference_repo).resolve()))
+        workers.append(Worker("reference", 1, command, env))
+    for label, tree in args.ours:
+        for seeds in args.seeds:
+            command = [
+                sys.executable,
+                str(HERE / "step_worker_jax.py"),
+                f"--model={model}",
+                f"--batch={batch}",
+                f"--seeds={seeds}",
+                *[f"--set={item}" for item in _settings(args.set, label)],
+            ]
+            if measure_peak:
+                command.append(f"--peak={args.peak_size}")
+                measure_peak = False
+            workers.append(Worker(label, seeds, command, _tree_env(tree)))
+    return workers
+
+
+def measure(model: str, batch: int, args, report: dict) -> list[dict]:
+    workers = start_workers(model, batch, args, measure_peak="peak_gflops" not in report)
+    for worker in workers:
+        if "peak_gflops" in worker.ready:
+            report["peak_gflops"] = worker.ready["peak_gflops"]
+            report["machine"] = worker.ready["machine"]
+    for round_index in range(args.rounds):
+        shift = round_index % len(workers)
+        for worker in workers[shift:] + workers[:shift]:
+            worker.time_round(args.steps)
+    reference = workers[0] if args.reference_repo else None
+    rows = []
+    for worker in workers:
+        rss = worker.quit()
+        step_s = statistics.median(worker.round_medians)
+        images_per_s = batch * worker.seeds / step_s
+        row = {
+            "model": model,
+            "code": worker.label,
+            "batch": batch,
+            "seeds": worker.seeds,
+            "parameters": worker.ready["parameters"],
+            "software": worker.ready["ready"],
+            "compile_s": worker.ready["compile_s"],
+            "step_s": step_s,
+            "round_step_s": worker.round_medians,
+            "images_per_s": images_per_s,
+            "max_rss_mib": rss,
+        }
+        mflop = next((w.ready["mflop_per_image"] for w in workers if w.label != "reference"), None)
+        if mflop is not None and "peak_gflops" in report:
+            row["fraction_of_peak"] = mflop * images_per_s / 1e3 / report["peak_gflops"]
+        if reference is not None:
+            ratios = [
+                (batch * worker.seeds / ours) / (batch / theirs)
+                for ours, theirs in zip(worker.round_medians, reference.round_medians, strict=True)
+            ]
+            row["vs_reference"] = statistics.median(ratios)
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a Markdown table."""
+    lines = [
+        "| model | batch | seeds | code | images/s | vs reference | fraction of peak | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        peak, ratio = r.get("fraction_of_peak"), r.get("vs_reference")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['seeds']} | {r['code']} | "
+            f"{r['images_per_s']:.0f} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
+            f"{'-' if peak is None else f'{100 * peak:.0f} %'} | {r['max_rss_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _labelled_tree(text: str) -> tuple[str, pathlib.Path]:
+    label, _, tree = text.partition("=")
+    if not tree:
+        raise argparse.ArgumentTypeError(f"--ours wants LABEL=FOLDER, got {text!r}")
+    if not (pathlib.Path(tree) / "deepnmf_jax").is_dir():
+        raise argparse.ArgumentTypeError(f"--ours {text!r}: no deepnmf_jax package in {tree}")
+    return label, pathlib.Path(tree)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--batches", nargs="+", type=int, default=[50])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 5], help="our seed counts")
+    parser.add_argument("--rounds", type=int, default=6, help="timed rounds, order rotated")
+    parser.add_argument("--steps", type=int, default=3, help="steps per worker and round")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--reference-repo", help="mahbodnr/deep_nmf's folder (none: ours only)")
+    parser.add_argument("--reference-python", default="python", help="a Python with torch")
+    parser.add_argument(
+        "--ours",
+        action="append",
+        type=_labelled_tree,
+        help="LABEL=FOLDER: a code tree of ours to time (repeat; default ours=this repository)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="our config KEY=VALUE, or LABEL:KEY=VALUE for one code tree only",
+    )
+    parser.add_argument("--peak-size", type=int, default=4096, help="matrix size of the peak test")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="JSON output")
+    args = parser.parse_args(argv)
+    args.ours = args.ours or [("ours", HERE.parent)]
+
+    report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
+    for model in args.models:
+        for batch in args.batches:
+            rows = measure(model, batch, args, report)
+            report["rows"] += rows
+            print(table(rows).split("\n", 2)[-1], flush=True)
+    print(f"jnp.dot float32 peak {report.get('peak_gflops', float('nan')):.0f} GFLOP/s")
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(table(report["rows"]))
+    print(f"wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Our train step, timed on request: one of the workers of ``side_by_side.py``.
+
+The train step a run uses (augmentation, forward, backward, Adam; all seeds at once) on synthetic
+uint8 CIFAR-shaped data, built by :func:`deepnmf_jax.training.program.build` from the default config
+with ``--set KEY=VALUE`` overrides. The package is imported from wherever ``PYTHONPATH`` points first
+(``side_by_side.py`` points it at the code tree under test, e.g. an older commit); the ready line says
+which file was imported.
+
+Protocol (one JSON object per line), the same as ``step_worker_torch.py``: after the compile and
+``--warmup`` steps it prints ``{"ready": ..., "parameters": ..., "compile_s": ...,
+"mflop_per_image": ...}`` (and ``"peak_gflops"`` with ``--peak N``); then each input line
+``{"steps": k}`` runs ``k`` timed steps and prints ``{"step_s": [...]}``; ``{"quit": true}``
+prints ``{"max_rss_mib": ...}`` and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import jax
+import numpy as np
+
+import deepnmf_jax
+from deepnmf_jax import machine, training
+from deepnmf_jax.configs import default
+from deepnmf_jax.models import flops, param_counts
+from deepnmf_jax.training import program
+
+
+def _value(text: str):
+    """A ``--set`` value: JSON where it parses (numbers, booleans, null), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], help="config KEY=VALUE")
+    parser.add_argument("--peak", type=int, default=0, help="also measure the jnp.dot peak, N x N")
+    args = parser.parse_args(argv)
+
+    overrides = {"model.name": args.model, "num_seeds": args.seeds, "batch_size": args.batch}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = _value(value)
+    config = training.from_any(default.get_config()).replace(overrides)
+    steps_per_epoch = 8
+    run = program.build(config, 10, (32, 32, 3), steps_per_epoch=steps_per_epoch)
+    seeds = list(range(args.seeds))
+    holder = {"states": run.init(run.placement.seed_keys(seeds))}
+    rng = np.random.default_rng(0)
+    num_images = args.batch * steps_per_epoch
+    images = run.placement.put(rng.integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8))
+    labels = run.placement.put(rng.integers(0, 10, num_images, dtype=np.int32))
+    order = run.order(run.placement.order_keys(config.data, seeds), 1, num_images)
+
+    def step() -> float:
+        start = time.perf_counter()
+        holder["states"], metrics = run.train(holder["states"], images, labels, order)
+        jax.block_until_ready(metrics)
+        return time.perf_counter() - start
+
+    first = step()
+    for _ in range(args.warmup - 1):
+        step()
+    crop = config.augment.crop_size
+    ready = {
+        "ready": f"jax {jax.__version__} from {deepnmf_jax.__file__}",
+        "parameters": param_counts.count_params(holder["states"].params) // args.seeds,
+        "compile_s": first,
+        "mflop_per_image": flops.train_step_flops(run.ctx.model, (crop, crop, 3)) / 1e6,
+        "seed_loop": run.placement.loop,
+    }
+    if args.peak:
+        ready["peak_gflops"] = machine.matmul_peak_gflops(args.peak)
+        ready["machine"] = machine.machine_info()
+    print(json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("quit"):
+            break
+        print(json.dumps({"step_s": [step() for _ in range(request["steps"])]}), flush=True)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"max_rss_mib": peak_kib / 1024}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
