@@ -321,7 +321,7 @@ def main(argv=None) -> dict:
     args.width, args.iterations = (1.0, 20) if big else (0.125, 2)
     args.gradient, args.patch_conv, args.chunk_bytes, args.precision, args.unroll = (
         "approximate",
-        "matmul",
+        "auto",
         None,
         "float32",
         0,

@@ -101,7 +101,9 @@ def main(argv=None):
     parser.add_argument("--gradient", default="approximate", help="NMF backward")
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier")
     parser.add_argument("--iterations", type=int, default=20, help="NMF iterations")
-    parser.add_argument("--patch-conv", default="matmul", help="CNN a-layer: matmul|conv|patches")
+    parser.add_argument(
+        "--patch-conv", default="auto", help="CNN a-layer: auto|matmul|conv|patches"
+    )
     parser.add_argument(
         "--chunk-bytes", type=int, default=None, help="NMF chunk size in bytes (None: auto, 0: off)"
     )

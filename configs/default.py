@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.unroll = 0
     # CNN a-layers: "matmul" (raw patches @ W / patch sums) | "conv" (a convolution / patch sums)
     # | "patches" (the reference's order: normalise each patch, then the linear map); all equal
-    config.model.patch_conv = "matmul"
+    config.model.patch_conv = "auto"  # models.config.resolve_patch_conv
     # The last block's 1x1 layer: "reference" (ReLU + L1 over the class channels first, where a
     # class channel negative on every image gets no gradient) | "linear" (a plain 1x1 conv)
     config.model.head = "reference"

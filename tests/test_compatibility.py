@@ -19,6 +19,9 @@ from tests.runners import ROOT, subprocess_env
 V0_1 = "6628618"  # deepnmf-jax 0.1.0
 MODELS = ("cnn", "cnmf", "cnn_1x1", "cnmf_1x1")
 FLAGS = [
+    # 0.1's computation of the CNN a-layers (today's "auto" picks a convolution for one seed: equal
+    # up to rounding, tests/test_layers.py)
+    "--config.model.patch_conv=matmul",
     "--config.num_seeds=1",
     "--config.batch_size=10",
     "--config.eval_batch_size=25",

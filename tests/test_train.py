@@ -463,3 +463,17 @@ def test_check_inputs_names_the_nmf_layer_inside_the_train_step():
     params["block1"]["a_bn"] = {**params["block1"]["a_bn"], "scale": scale * np.nan}
     with pytest.raises(checkify.JaxRuntimeError, match="NMF layer 'block2/a': input x has non"):
         run.train(state.replace(params=params), images, labels, order)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "seed_loop", "expected"),
+    [(1, "auto", "conv"), (2, "map", "matmul"), (2, "vmap", "conv")],
+)
+def test_auto_patch_conv_is_a_convolution_unless_seeds_run_in_a_loop(seeds, seed_loop, expected):
+    """models.config.resolve_patch_conv, decided by the training program: XLA:CPU's convolution
+    weight gradient is ~140x slower inside lax.map's loop, so mapped seeds use slices and a matmul."""
+    config = tiny_config(**{"model.name": "cnn_1x1", "num_seeds": seeds, "seed_loop": seed_loop})
+    assert config.model.patch_conv == "auto"
+    block = build_program(config).ctx.model.block_cls  # functools.partial(Block, ...)
+    assert block.keywords["patch_conv"] == expected
+    assert model_config.resolve_patch_conv("patches", seeds_in_a_loop=False) == "patches"

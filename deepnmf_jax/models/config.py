@@ -54,7 +54,8 @@ class ModelConfig:
     precision: str = field("float32")  # the NMF loops' products: float32 | bfloat16 | tf32
     # the NMF loops' unrolling: 0 rolled, -1 fully unrolled, k: k iterations per trip
     unroll: int = field(0, resume="may_change", since="0.2.0")
-    patch_conv: str = field("matmul", resume="may_change")  # CNN a-layers: matmul | conv | patches
+    # CNN a-layers: auto | matmul | conv | patches (auto: see resolve_patch_conv)
+    patch_conv: str = field("auto", resume="may_change")
     head: str = field("reference")  # the last layer: "reference" | "linear"
     batch_norm_1x1: bool = field(False, since="0.1.0")  # BatchNorm in front of every ReLU at 1x1
     check_inputs: bool = field(False)  # checkify: NaN/negative NMF inputs stop the step, named
@@ -68,7 +69,7 @@ class ModelConfig:
         _choose(self.gradient, BACKWARD_NAMES, "model.gradient")
         _choose(self.batch_norm, BATCH_NORM_MODES, "model.batch_norm")
         _choose(self.precision, PRECISIONS, "model.precision")
-        _choose(self.patch_conv, PATCH_CONV_METHODS, "model.patch_conv")
+        _choose(self.patch_conv, ("auto", *PATCH_CONV_METHODS), "model.patch_conv")
         _choose(self.head, HEADS, "model.head")
         if self.remat and self.gradient != "unrolled":
             raise ConfigError(
@@ -169,6 +170,18 @@ def resolve(import_string: str) -> Any:
     return target
 
 
+def resolve_patch_conv(method: str, seeds_in_a_loop: bool) -> str:
+    """``model.patch_conv`` as the layers take it: ``"auto"`` is ``"conv"`` (one convolution, the
+    fastest form measured on XLA:CPU of JAX 0.12 and the natural one for cuDNN) unless the program
+    runs several seeds one after another in a loop (``lax.map``, the CPU's seed loop), where XLA:CPU
+    computes a convolution's weight gradient about 140x slower than outside a loop: there, and
+    wherever no training program decides (``seeds_in_a_loop=True``), ``"matmul"``. The forms are
+    equal up to rounding (tested in float64)."""
+    if method != "auto":
+        return method
+    return "matmul" if seeds_in_a_loop else "conv"
+
+
 def build(
     config: ModelConfig,
     num_classes: int,
@@ -190,7 +203,7 @@ def build(
             input_channels=input_channels,
             nmf_options=options,
             batch_norm=config.batch_norm,  # type: ignore[arg-type]
-            patch_conv=config.patch_conv,  # type: ignore[arg-type]
+            patch_conv=resolve_patch_conv(config.patch_conv, seeds_in_a_loop=True),  # type: ignore[arg-type]
             head=config.head,  # type: ignore[arg-type]
             batch_norm_1x1=config.batch_norm_1x1,
         )

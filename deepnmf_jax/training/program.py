@@ -95,10 +95,17 @@ def _build(config: TrainConfig, num_classes, image_shape, steps_per_epoch, devic
     channels = image_shape[-1]
     crop = config.augment.crop_size
     input_shape = (crop, crop, channels)
-    if model is None:
-        model = model_config.build(config.model, num_classes, channels)
-    parts = anatomy(model, input_shape)
     placement = parallel.Placement.create(config, devices)
+    # the one training program decides how a CNN a-layer computes (models.config.resolve_patch_conv)
+    m = dataclasses.replace(
+        config.model,
+        patch_conv=model_config.resolve_patch_conv(
+            config.model.patch_conv, placement.loop == "map" and config.num_seeds > 1
+        ),
+    )
+    if model is None:
+        model = model_config.build(m, num_classes, channels)
+    parts = anatomy(model, input_shape)
     ctx = StepContext(
         model=model,
         tx=optim.make_optimizer(config.optim, parts.param_roles(), config.batch_size),
@@ -119,7 +126,6 @@ def _build(config: TrainConfig, num_classes, image_shape, steps_per_epoch, devic
         batch_sharding=placement.batch,
     )
     # the training steps' model: the same parameters, model.train_iterations NMF iterations
-    m = config.model
     fewer = m.is_preset and m.train_iterations not in (0, m.iterations)
     train_ctx = ctx
     if fewer:
