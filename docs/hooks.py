@@ -101,7 +101,7 @@ def train_step_cpu() -> str:
     return _markdown_table(header, rows)
 
 
-def side_by_side_cpu() -> str:
+def side_by_side(name: str) -> str:
     header = [
         "model",
         "batch",
@@ -123,7 +123,7 @@ def side_by_side_cpu() -> str:
             f"{100 * r['fraction_of_peak']:.0f} %",
             f"{r['max_rss_mib']:.0f}",
         ]
-        for r in _load("side_by_side_cpu")["rows"]
+        for r in _load(name)["rows"]
     ]
     return _markdown_table(header, rows)
 
@@ -197,7 +197,9 @@ TABLES = {
     "time_to_accuracy": time_to_accuracy,
     "backprop": backprop,
     "train_step_cpu": train_step_cpu,
-    "side_by_side_cpu": side_by_side_cpu,
+    "side_by_side_cpu": lambda: side_by_side("side_by_side_cpu"),
+    "side_by_side_cpu_before": lambda: side_by_side("side_by_side_cpu_before"),
+    "side_by_side_conv": lambda: side_by_side("side_by_side_conv"),
     "released_weights": released_weights,
 }
 
