@@ -206,11 +206,15 @@ TABLES = {
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
     def generate(match: re.Match) -> str:
-        name = match.group(1)
+        indent, name = match.group(1), match.group(2)
         if name not in TABLES:
             raise KeyError(
                 f"{page.file.src_path}: no generated table {name!r}; have {list(TABLES)}"
             )
-        return TABLES[name]()
+        return "\n".join(indent + line for line in TABLES[name]().splitlines())
 
-    return re.sub(r"^<!-- table: (\w+) -->$", generate, markdown, flags=re.M)
+    # a marker may be indented (a table inside a list item): the table takes its indentation
+    markdown = re.sub(r"^([ \t]*)<!-- table: (\w+) -->$", generate, markdown, flags=re.M)
+    if "<!-- table:" in markdown:
+        raise ValueError(f"{page.file.src_path}: a table marker not alone on its line")
+    return markdown
