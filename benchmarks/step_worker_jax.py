@@ -6,23 +6,19 @@ with ``--set KEY=VALUE`` overrides. The package is imported from wherever ``PYTH
 (``side_by_side.py`` points it at the code tree under test, e.g. an older commit); the ready line says
 which file was imported.
 
-Protocol (one JSON object per line), the same as ``step_worker_torch.py``: after the compile and
-``--warmup`` steps it prints ``{"ready": ..., "parameters": ..., "compile_s": ...,
-"mflop_per_image": ...}`` (and ``"peak_gflops"`` with ``--peak N``); then each input line
-``{"steps": k}`` runs ``k`` timed steps and prints ``{"step_s": [...]}``; ``{"quit": true}``
-prints ``{"max_rss_mib": ...}`` and exits.
+Protocol: ``step_protocol.py``; the ready record, printed after the compile and ``--warmup`` steps,
+is ``{"ready": ..., "parameters": ..., "compile_s": ..., "mflop_per_image": ...}`` (and
+``"peak_gflops"`` with ``--peak N``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
-import time
 
 import jax
 import numpy as np
+import step_protocol  # beside this script
 
 import deepnmf_jax
 from deepnmf_jax import machine, training
@@ -64,13 +60,11 @@ def main(argv=None) -> None:
     labels = run.placement.put(rng.integers(0, 10, num_images, dtype=np.int32))
     order = run.order(run.placement.order_keys(config.data, seeds), 1, num_images)
 
-    def step() -> float:
-        start = time.perf_counter()
+    def step() -> None:
         holder["states"], metrics = run.train(holder["states"], images, labels, order)
         jax.block_until_ready(metrics)
-        return time.perf_counter() - start
 
-    first = step()
+    first = step_protocol.timed(step)
     for _ in range(args.warmup - 1):
         step()
     crop = config.augment.crop_size
@@ -84,14 +78,7 @@ def main(argv=None) -> None:
     if args.peak:
         ready["peak_gflops"] = machine.matmul_peak_gflops(args.peak)
         ready["machine"] = machine.machine_info()
-    print(json.dumps(ready), flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request.get("quit"):
-            break
-        print(json.dumps({"step_s": [step() for _ in range(request["steps"])]}), flush=True)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"max_rss_mib": peak_kib / 1024}), flush=True)
+    step_protocol.serve(step, ready)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ are uniform random images of the training crop (3 x 28 x 28) and random labels; 
 included (ours is: its cost is ours to carry). No state_dict is read: the weights are the
 reference's initialisation after ``torch.manual_seed(21)``.
 
-Protocol (one JSON object per line): after the build and ``--warmup`` steps it prints
-``{"ready": ..., "parameters": ..., "compile_s": first step}``; then each input line
-``{"steps": k}`` runs ``k`` timed steps and prints ``{"step_s": [...]}``; ``{"quit": true}``
-prints ``{"max_rss_mib": ...}`` (the process's peak resident memory) and exits.
+Protocol: ``step_protocol.py``; the ready record, printed after the build and ``--warmup`` steps,
+is ``{"ready": ..., "parameters": ..., "compile_s": first step}``.
 """
 
 from __future__ import annotations
@@ -22,11 +20,9 @@ import argparse
 import json
 import pathlib
 import re
-import resource
-import sys
 import tempfile
-import time
 
+import step_protocol  # beside this script
 import torch
 from tools.loss_function import loss_function
 from tools.make_network import make_network
@@ -73,8 +69,7 @@ def main(argv=None) -> None:
     images = torch.rand(args.batch, 3, 28, 28)
     labels = torch.randint(0, 10, (args.batch,))
 
-    def step() -> float:
-        start = time.perf_counter()
+    def step() -> None:
         for optimizer in optimizers:
             if optimizer is not None:
                 optimizer.zero_grad()
@@ -86,21 +81,13 @@ def main(argv=None) -> None:
         for optimizer in optimizers:
             if optimizer is not None:
                 optimizer.step()
-        return time.perf_counter() - start
 
-    first = step()
+    first = step_protocol.timed(step)
     for _ in range(args.warmup - 1):
         step()
     count = sum(p.numel() for group in parameters for p in group)
     ready = {"ready": f"torch {torch.__version__}", "parameters": count, "compile_s": first}
-    print(json.dumps(ready), flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request.get("quit"):
-            break
-        print(json.dumps({"step_s": [step() for _ in range(request["steps"])]}), flush=True)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"max_rss_mib": peak_kib / 1024}), flush=True)
+    step_protocol.serve(step, ready)
 
 
 if __name__ == "__main__":
