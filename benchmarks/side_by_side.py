@@ -123,6 +123,7 @@ def measure(model: str, batch: int, args, report: dict) -> list[dict]:
         for worker in workers[shift:] + workers[:shift]:
             worker.time_round(args.steps)
     reference = workers[0] if args.reference_repo else None
+    mflop = next(w.ready["mflop_per_image"] for w in workers if w.label != "reference")
     rows = []
     for worker in workers:
         rss = worker.quit()
@@ -141,8 +142,7 @@ def measure(model: str, batch: int, args, report: dict) -> list[dict]:
             "images_per_s": images_per_s,
             "max_rss_mib": rss,
         }
-        mflop = next((w.ready["mflop_per_image"] for w in workers if w.label != "reference"), None)
-        if mflop is not None and "peak_gflops" in report:
+        if "peak_gflops" in report:
             row["fraction_of_peak"] = mflop * images_per_s / 1e3 / report["peak_gflops"]
         if reference is not None:
             ratios = [

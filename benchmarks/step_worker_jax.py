@@ -14,25 +14,16 @@ is ``{"ready": ..., "parameters": ..., "compile_s": ..., "mflop_per_image": ...}
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 import numpy as np
 import step_protocol  # beside this script
 
 import deepnmf_jax
-from deepnmf_jax import machine, training
+from deepnmf_jax import _schema, machine, training
 from deepnmf_jax.configs import default
 from deepnmf_jax.models import flops, param_counts
 from deepnmf_jax.training import program
-
-
-def _value(text: str):
-    """A ``--set`` value: JSON where it parses (numbers, booleans, null), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def main(argv=None) -> None:
@@ -45,11 +36,11 @@ def main(argv=None) -> None:
     parser.add_argument("--peak", type=int, default=0, help="also measure the jnp.dot peak, N x N")
     args = parser.parse_args(argv)
 
-    overrides = {"model.name": args.model, "num_seeds": args.seeds, "batch_size": args.batch}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = _value(value)
-    config = training.from_any(default.get_config()).replace(overrides)
+    config = training.from_any(default.get_config()).replace(
+        {"model.name": args.model, "num_seeds": args.seeds, "batch_size": args.batch}
+    )
+    texts = dict(item.partition("=")[::2] for item in args.set)
+    config = _schema.replace(config, texts, texts=True)  # each read as its key's type, as the CLI
     steps_per_epoch = 8
     run = program.build(config, 10, (32, 32, 3), steps_per_epoch=steps_per_epoch)
     seeds = list(range(args.seeds))

@@ -102,30 +102,7 @@ def train_step_cpu() -> str:
 
 
 def side_by_side(name: str) -> str:
-    header = [
-        "model",
-        "batch",
-        "seeds",
-        "code",
-        "images/s",
-        "vs the reference",
-        "fraction of matmul peak",
-        "peak RSS (MiB)",
-    ]
-    rows = [
-        [
-            r["model"],
-            str(r["batch"]),
-            str(r["seeds"]),
-            r["code"],
-            f"{r['images_per_s']:.0f}",
-            _number(r.get("vs_reference"), ".2f") + "x",
-            f"{100 * r['fraction_of_peak']:.0f} %",
-            f"{r['max_rss_mib']:.0f}",
-        ]
-        for r in _load(name)["rows"]
-    ]
-    return _markdown_table(header, rows)
+    return _benchmark_module("side_by_side").table(_load(name)["rows"])
 
 
 def released_weights() -> str:
