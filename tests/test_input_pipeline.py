@@ -242,16 +242,6 @@ def test_download_from_local_server_verifies_checksum(tmp_path, monkeypatch):
         assert not any((tmp_path / "cache2").rglob("*.tar.gz"))
 
 
-def test_tfds_source_with_mock_data():
-    tfds = pytest.importorskip(
-        "tensorflow_datasets", reason="TensorFlow Datasets is an optional extra"
-    )
-    with tfds.testing.mock_data(num_examples=6):
-        data = input_pipeline.load_dataset("cifar10", source="tfds")
-    assert data.train.images.shape[1:] == (32, 32, 3) and data.train.images.dtype == np.uint8
-    assert data.source == "tfds:cifar10"
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown dataset"):
         input_pipeline.load_dataset("mnist")

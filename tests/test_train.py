@@ -16,6 +16,7 @@ import pytest
 
 from deepnmf_jax import errors
 from deepnmf_jax.configs import cifar10, cifar100, default, fashion_mnist
+from deepnmf_jax.data import pipeline as input_pipeline
 from deepnmf_jax.models import config as model_config
 from deepnmf_jax.models import losses
 from deepnmf_jax.training import checkpoint as checkpointing
@@ -23,7 +24,7 @@ from deepnmf_jax.training import loop as train_lib
 from deepnmf_jax.training import parallel, program, steps
 from deepnmf_jax.training.config import TrainConfig, from_any
 from tests.runners import cache_dir, xla_flags
-from tests.test_input_pipeline import _idx
+from tests.test_input_pipeline import _idx, make_cifar_archive
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -229,6 +230,65 @@ def test_fashion_mnist_config_on_generated_files(tmp_path):
     config = with_overrides(fashion_mnist.get_config(), {**TINY, **overrides, "tensorboard": False})
     results = train_lib.train_and_evaluate(config, tmp_path / "run")
     assert results["dataset"]["train_size"] == 40 and results["dataset"]["name"] == "fashion_mnist"
+
+
+CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
+
+
+def _write_cifar10_binary(folder: pathlib.Path, batches) -> None:
+    """The batches in the official *binary* layout (cifar-10-binary.tar.gz, what TFDS's builder
+    reads): per image one label byte, then the 3,072 bytes of the python layout's row."""
+    inner = folder / "cifar-10-batches-bin"
+    inner.mkdir(parents=True)
+    (inner / "batches.meta.txt").write_text("\n".join(CIFAR10_CLASSES) + "\n")
+    for member, batch in batches.items():
+        labels = np.asarray(batch[b"labels"], np.uint8)[:, None]
+        (inner / f"{member}.bin").write_bytes(np.concatenate([labels, batch[b"data"]], 1).tobytes())
+
+
+def test_tfds_source_prepares_reads_the_folder_images_and_trains(tmp_path, monkeypatch):
+    """TensorFlow Datasets for real: its own CIFAR-10 builder prepares a tiny copy (only the
+    download is replaced, by the folder it would have extracted), our reader reads it back equal to
+    the folder reader's arrays, and a run trains on it for one epoch."""
+    tfds = pytest.importorskip("tensorflow_datasets", reason="the tfds extra is not installed")
+    (tmp_path / "folder").mkdir()
+    batches = make_cifar_archive(tmp_path / "folder" / "cifar-10-python.tar.gz", n=12, seed=3)
+    _write_cifar10_binary(tmp_path / "extracted", batches)
+    requested = []
+
+    def download_and_extract(manager, url):
+        requested.append(url)
+        return str(tmp_path / "extracted")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", download_and_extract)
+    tfds_dir = str(tmp_path / "tfds")
+    # "auto" never asks TFDS to download: nothing prepared yet is "not found", with where it looked
+    with pytest.raises(input_pipeline.DataNotFoundError, match="cifar10 not prepared in"):
+        input_pipeline.load_dataset("cifar10", source="auto", data_dir=tfds_dir)
+    assert requested == []
+    from_tfds = input_pipeline.load_dataset("cifar10", source="tfds", data_dir=tfds_dir)
+    assert requested == ["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"]
+    from_folder = input_pipeline.load_dataset(
+        "cifar10", source="folder", data_dir=str(tmp_path / "folder")
+    )
+    assert from_tfds.source == "tfds:cifar10" and from_tfds.train.images.shape == (60, 32, 32, 3)
+    for split in ("train", "test"):
+        for field in ("images", "labels"):
+            tfds_array = getattr(getattr(from_tfds, split), field)
+            folder_array = getattr(getattr(from_folder, split), field)
+            assert tfds_array.dtype == folder_array.dtype
+            np.testing.assert_array_equal(tfds_array, folder_array)
+    # prepared now, so "auto" finds it without a download
+    auto = input_pipeline.load_dataset("cifar10", source="auto", data_dir=tfds_dir)
+    np.testing.assert_array_equal(auto.test.images, from_folder.test.images)
+    assert len(requested) == 1
+
+    config = tiny_config(**{"data.source": "tfds", "data.data_dir": tfds_dir, "tensorboard": False})
+    results = train_lib.train_and_evaluate(config, tmp_path / "run")
+    assert results["dataset"]["source"] == "tfds:cifar10"
+    assert results["dataset"]["train_size"] + results["dataset"]["validation_size"] == 60
+    assert results["epochs_completed"] == 1
+    assert 0 <= results["per_seed"][0]["final_test_accuracy"] <= 1
 
 
 def test_config_errors(tmp_path):

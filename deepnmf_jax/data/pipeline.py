@@ -6,12 +6,15 @@ Sources (``config.data.source``):
   ``cifar-10-python.tar.gz`` or ``cifar-10-batches-py/``, ``cifar-100-python.tar.gz`` or
   ``cifar-100-python/``, or the four Fashion-MNIST ``*-idx?-ubyte.gz`` files. A subfolder named after
   the dataset (``data_dir/cifar10/...``) is found too. Files a download left in ``cache_dir`` count.
-* ``"tfds"``: TensorFlow Datasets, if installed (``pip install -e ".[tfds]"``, which needs TensorFlow).
+* ``"tfds"``: TensorFlow Datasets, if installed (``pip install -e ".[tfds]"``, which needs TensorFlow):
+  TFDS downloads and prepares the dataset in ``data_dir`` (or its own default folder) if it has not
+  yet (not with ``DEEPNMF_NO_DOWNLOAD`` set); the images come back in the official order.
 * ``"download"``: the official archive, with a progress bar, into ``cache_dir``, verified against its
   MD5 before use.
 * ``"sample"``: the small real CIFAR-10 subset shipped in the package (``deepnmf_jax/data/``).
-* ``"auto"``: the folder, then TFDS, then a download, but only when no ``data_dir`` was given: a
-  ``data_dir`` that holds no dataset is an error naming where it looked, never a quiet download.
+* ``"auto"``: the folder, then a dataset TFDS has already prepared, then a download, but only when
+  no ``data_dir`` was given: a ``data_dir`` that holds no dataset is an error naming where it
+  looked, never a quiet download.
 
 Archives are read as data only (:mod:`deepnmf_jax.archives`).
 """
@@ -74,24 +77,46 @@ def _from_folder(name: str, folders: list[pathlib.Path]) -> tuple[Split, Split, 
     return None
 
 
-def _from_tfds(name: str, data_dir: str | None) -> tuple[Split, Split, str] | None:
+def _from_tfds(
+    name: str, data_dir: str | None, download: bool
+) -> tuple[tuple[Split, Split, str] | None, str]:
+    """The dataset through TensorFlow Datasets, and what to say of where it looked.
+
+    Without ``download`` only a dataset TFDS has already prepared (in ``data_dir`` or TFDS's own
+    default folder) is read. The examples come back in the official order (TFDS stores them in its
+    own hashed order; they are sorted by their ``id``), so both splits equal the folder reader's.
+    """
     try:
         import tensorflow_datasets as tfds  # pyright: ignore[reportMissingImports]
     except ImportError:
-        return None
+        return None, "TensorFlow Datasets (not installed)"
+    tfds_name = DATASETS[name].tfds_name
+    builder = tfds.builder(tfds_name, data_dir=data_dir or None)
+    if not download and not builder.is_prepared():
+        return None, f"TensorFlow Datasets ({tfds_name} not prepared in {builder.data_dir})"
     splits = []
     for split in ("train", "test"):
-        images, labels = tfds.as_numpy(
-            tfds.load(
-                DATASETS[name].tfds_name,
-                split=split,
-                batch_size=-1,
-                as_supervised=True,
-                data_dir=data_dir or None,
+        try:
+            examples = tfds.as_numpy(
+                tfds.load(
+                    tfds_name,
+                    split=split,
+                    batch_size=-1,
+                    data_dir=data_dir or None,
+                    download=download,
+                )
+            )
+        except Exception as error:  # TFDS raises many kinds (network, checksums, TensorFlow's own)
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            return None, f"TensorFlow Datasets ({type(error).__name__}: {first_line})"
+        order = np.argsort(examples["id"], kind="stable") if "id" in examples else slice(None)
+        splits.append(
+            Split(
+                np.asarray(examples["image"][order], np.uint8),
+                np.asarray(examples["label"][order], np.int32),
             )
         )
-        splits.append(Split(np.asarray(images, np.uint8), np.asarray(labels, np.int32)))
-    return splits[0], splits[1], f"tfds:{DATASETS[name].tfds_name}"
+    return (splits[0], splits[1], f"tfds:{tfds_name}"), ""
 
 
 def _from_download(
@@ -164,8 +189,10 @@ def load_dataset(
             "folders " + ", ".join(str(f) for f in folders) if folders else "no folder given"
         )
     if found is None and source in ("auto", "tfds"):
-        found = _from_tfds(name, data_dir)
-        looked.append("TensorFlow Datasets (not installed)" if found is None else "")
+        # "auto" reads a dataset TFDS has prepared; "tfds" lets TFDS download and prepare it
+        download = source == "tfds" and not os.environ.get("DEEPNMF_NO_DOWNLOAD")
+        found, where = _from_tfds(name, data_dir, download)
+        looked.append(where)
     if found is None and source == "auto" and data_dir:
         looked.append(f"no download (a data_dir was given: {data_dir})")
     elif found is None and source == "auto" and os.environ.get("DEEPNMF_NO_DOWNLOAD"):
