@@ -105,6 +105,26 @@ def side_by_side(name: str) -> str:
     return _benchmark_module("side_by_side").table(_load(name)["rows"])
 
 
+def side_by_side_repeats(name: str) -> str:
+    """One line per run of the same side-by-side configuration: how far one run decides a ratio."""
+    header = ["run", "model", "batch", "reference images/s", "ours images/s", "ours / reference"]
+    rows = []
+    for number, run in enumerate(_load(name)["runs"], 1):
+        by_code = {row["code"]: row for row in run["rows"]}
+        ours, reference = by_code["ours"], by_code["reference"]
+        rows.append(
+            [
+                str(number),
+                ours["model"],
+                str(ours["batch"]),
+                f"{reference['images_per_s']:.0f}",
+                f"{ours['images_per_s']:.0f}",
+                f"{ours['vs_reference']:.2f}x",
+            ]
+        )
+    return _markdown_table(header, rows)
+
+
 def released_weights() -> str:
     manifest = json.loads((ROOT / "deepnmf_jax" / "pretrained" / "manifest.json").read_text())
     header = [
@@ -177,6 +197,7 @@ TABLES = {
     "side_by_side_cpu": lambda: side_by_side("side_by_side_cpu"),
     "side_by_side_cpu_before": lambda: side_by_side("side_by_side_cpu_before"),
     "side_by_side_conv": lambda: side_by_side("side_by_side_conv"),
+    "side_by_side_cnmf_1x1_repeats": lambda: side_by_side_repeats("side_by_side_cnmf_1x1_repeats"),
     "released_weights": released_weights,
 }
 
