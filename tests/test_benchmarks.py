@@ -285,3 +285,15 @@ def test_side_by_side_runs_our_code_trees_and_refuses_a_folder_without_the_packa
         text=True,
     )
     assert refused.returncode == 2 and "no deepnmf_jax package in" in refused.stderr
+
+
+def test_conv_grad_in_loop_repro_runs(tmp_path):
+    out = tmp_path / "conv.json"
+    stdout = _run(
+        "conv_grad_in_loop.py",
+        *("--seeds", "2", "--batch", "2", "--size", "8", "--features", "4", "--kernel", "3"),
+        *("--repeats", "1", "--out", str(out)),
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["form"] for row in rows] == ["one seed at a time", "vmap", "lax.map", "python loop"]
+    assert rows[0]["vs_one_at_a_time"] == 1.0 and "lax.map" in stdout
