@@ -111,7 +111,7 @@ def main(argv=None):
     parser.add_argument(
         "--unroll", type=int, default=0, help="model.unroll: 0 rolled, -1 fully unrolled, k"
     )
-    parser.add_argument("--seed-loop", default="auto", help="how seeds run: auto|vmap|map")
+    parser.add_argument("--seed-loop", default="auto", help="how seeds run: auto|vmap|map|unroll")
     parser.add_argument("--peak-size", type=int, default=4096, help="matrix size of the peak test")
     parser.add_argument(
         "--out",

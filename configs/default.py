@@ -104,9 +104,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.lr_batch_scaling = "none"
     config.optim.reference_batch_size = 50
 
-    # How the seeds run inside one step: "vmap" (batched), "map" (one after another), or "auto"
-    # (map on a CPU whose seed axis is not split over devices: XLA's CPU backend is slow on the
-    # batched NMF products; vmap elsewhere).
+    # How the seeds run inside one step: "vmap" (batched), "map" (one after another, a lax.map),
+    # "unroll" (one copy of the step per seed: no loop, compile time x seeds), or "auto" (map on a
+    # CPU whose seed axis is not split over devices: XLA's CPU backend is slow on the batched NMF
+    # products; vmap elsewhere).
     config.seed_loop = "auto"
 
     config.mesh = ml_collections.ConfigDict()

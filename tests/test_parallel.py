@@ -227,11 +227,19 @@ def test_seed_loop_map_equals_vmap(single_device_run, tmp_path):
     _assert_close(final_state(tmp_path), single_device_run(2))
 
 
+def test_seed_loop_unroll_equals_map(single_device_run, tmp_path):
+    """Both seeds as two copies of the step in one program (unroll) or in a lax.map (the single
+    run's): the same computation per seed."""
+    train_lib.train_and_evaluate(tiny_config(num_seeds=2, seed_loop="unroll", **SHARDED), tmp_path)
+    _assert_close(final_state(tmp_path), single_device_run(2))
+
+
 def test_seed_loop_choice():
     mesh_1 = parallel.make_mesh(2, 10, seed_devices=1, data_devices=1)
     mesh_2 = parallel.make_mesh(2, 10, seed_devices=2, data_devices=1)
     assert parallel.seed_loop("auto", mesh_1) == "map"  # CPU, seeds on one device
     assert parallel.seed_loop("auto", mesh_2) == "vmap"  # seeds split over devices
     assert parallel.seed_loop("vmap", mesh_1) == "vmap"
+    assert parallel.seed_loop("unroll", mesh_2) == "unroll"
     with pytest.raises(errors.ConfigError, match="seed_loop"):
         parallel.seed_loop("scan", mesh_1)

@@ -527,7 +527,7 @@ def test_check_inputs_names_the_nmf_layer_inside_the_train_step():
 
 @pytest.mark.parametrize(
     ("seeds", "seed_loop", "expected"),
-    [(1, "auto", "conv"), (2, "map", "matmul"), (2, "vmap", "conv")],
+    [(1, "auto", "conv"), (2, "map", "matmul"), (2, "vmap", "conv"), (2, "unroll", "conv")],
 )
 def test_auto_patch_conv_is_a_convolution_unless_seeds_run_in_a_loop(seeds, seed_loop, expected):
     """models.config.resolve_patch_conv, decided by the training program: XLA:CPU's convolution

@@ -25,7 +25,7 @@ from deepnmf_jax.models.losses import LOSSES
 
 SCHEDULES = ("plateau", "cosine", "onecycle")
 LR_BATCH_SCALINGS = ("none", "linear", "sqrt")
-SEED_LOOPS = ("auto", "vmap", "map")
+SEED_LOOPS = ("auto", "vmap", "map", "unroll")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +146,9 @@ class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    # how the seeds run inside one step: "vmap" (batched), "map" (one after another), or "auto"
-    # (map on a CPU whose seed axis is not split over devices, vmap elsewhere)
+    # how the seeds run inside one step: "vmap" (batched), "map" (one after another), "unroll" (a
+    # copy of the step per seed), or "auto" (map on a CPU whose seed axis is not split over devices,
+    # vmap elsewhere)
     seed_loop: str = field("auto", resume="may_change")
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)

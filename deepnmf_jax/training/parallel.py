@@ -19,6 +19,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -123,7 +124,10 @@ def seed_loop(choice: str, mesh: Mesh) -> str:
     TPUs); ``"map"`` runs them one after another inside the same jitted step (``lax.map``). XLA's CPU
     backend runs the batched NMF matrix products 2-3x slower than the same products one seed at a
     time (measured: a 5-seed CNMF forward 0.86 s vmapped, 0.38 s mapped, 0.067 s for one seed), so
-    ``"auto"`` maps on CPU when the seed axis is not split over devices, and vmaps otherwise."""
+    ``"auto"`` maps on CPU when the seed axis is not split over devices, and vmaps otherwise.
+    ``"unroll"`` puts one copy of the step per seed in the program: no loop, so the CNN layers stay
+    convolutions (:func:`deepnmf_jax.models.config.resolve_patch_conv`), at a compile time that
+    grows with the seed count (``docs/guide/training.md`` has the measurements)."""
     if choice not in SEED_LOOPS:
         raise ConfigError(f"config.seed_loop must be one of {SEED_LOOPS}, got {choice!r}")
     if choice != "auto":
@@ -132,12 +136,14 @@ def seed_loop(choice: str, mesh: Mesh) -> str:
     return "map" if on_cpu and mesh.shape[SEED_AXIS] == 1 else "vmap"
 
 
-def map_over_seeds(fn, in_axes=0):
-    """Like ``jax.vmap(fn, in_axes)`` over a leading seed axis, but a sequential ``lax.map``.
+def map_over_seeds(fn, in_axes=0, unroll: bool = False):
+    """Like ``jax.vmap(fn, in_axes)`` over a leading seed axis, but the seeds one after another:
+    a ``lax.map``, or with ``unroll`` one copy of ``fn`` per seed in the program (no loop; the
+    compile grows with the seed count).
 
     A single seed is called directly (no loop): XLA's CPU backend runs some operations much slower
     inside a loop body (measured: the gradient of a 5x5 convolution 7-12x slower inside a one-trip
-    ``lax.map`` than outside it).
+    ``lax.map`` than outside it; ``benchmarks/conv_grad_in_loop.py``).
     """
 
     def mapped(*args):
@@ -150,9 +156,13 @@ def map_over_seeds(fn, in_axes=0):
             )
 
         per_seed = tuple(arg for arg, axis in zip(args, axes, strict=True) if axis == 0)
-        if jax.tree_util.tree_leaves(per_seed)[0].shape[0] == 1:
-            out = call(jax.tree_util.tree_map(lambda a: a[0], per_seed))
-            return jax.tree_util.tree_map(lambda a: a[None], out)
+        num_seeds = jax.tree_util.tree_leaves(per_seed)[0].shape[0]
+        if num_seeds == 1 or unroll:
+            outs = [
+                call(jax.tree_util.tree_map(lambda a, k=k: a[k], per_seed))
+                for k in range(num_seeds)
+            ]
+            return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *outs)
         return jax.lax.map(call, per_seed)
 
     return mapped
@@ -193,8 +203,8 @@ class Placement:
 
     def over_seeds(self, fn, in_axes=0):
         """``fn`` of one seed as a function of all seeds (the arguments at ``in_axes`` 0)."""
-        if self.loop == "map":
-            return map_over_seeds(fn, in_axes)
+        if self.loop in ("map", "unroll"):
+            return map_over_seeds(fn, in_axes, unroll=self.loop == "unroll")
         return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=SEED_AXIS)
 
     def put(self, host_array, target: NamedSharding | None = None) -> jax.Array:
