@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from deepnmf_jax import machine
 
 
 def conv_loss(kernel: jax.Array, images: jax.Array) -> jax.Array:
@@ -33,22 +34,12 @@ def conv_loss(kernel: jax.Array, images: jax.Array) -> jax.Array:
     return jnp.sum(out * out)
 
 
-FORMS = {
-    "one seed": lambda grad, kernels, images: grad(kernels[0], images)[None],
+FORMS = {  # "one seed at a time" times one call of one kernel; the seeds take that x their count
+    "one seed at a time": lambda grad, kernels, images: grad(kernels[0], images)[None],
     "vmap": lambda grad, kernels, images: jax.vmap(grad, (0, None))(kernels, images),
     "lax.map": lambda grad, kernels, images: lax.map(lambda k: grad(k, images), kernels),
     "python loop": lambda grad, kernels, images: jnp.stack([grad(k, images) for k in kernels]),
 }
-
-
-def _median_ms(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def main(argv=None) -> int:
@@ -80,13 +71,11 @@ def main(argv=None) -> int:
     for name, form in FORMS.items():
         fn = jax.jit(lambda k, x, form=form: form(grad, k, x))
         got = np.asarray(fn(kernels, images))
-        seeds_done = got.shape[0]
         np.testing.assert_allclose(
-            got, expected[:seeds_done], rtol=2e-4, atol=1e-4 * float(np.abs(expected).max())
+            got, expected[: got.shape[0]], rtol=2e-4, atol=1e-4 * float(np.abs(expected).max())
         )
-        # "one seed" stands for the seeds one at a time, each in its own call: its time x seeds
-        ms = _median_ms(fn, kernels, images, repeats=args.repeats) * (args.seeds // seeds_done)
-        rows.append({"form": name if seeds_done > 1 else "one seed at a time", "ms": ms})
+        _, seconds = machine.median_seconds(lambda fn=fn: fn(kernels, images), args.repeats, 1)
+        rows.append({"form": name, "ms": 1e3 * seconds * args.seeds / got.shape[0]})
     one_at_a_time = rows[0]["ms"]
     for row in rows:
         row["vs_one_at_a_time"] = row["ms"] / one_at_a_time
@@ -96,7 +85,7 @@ def main(argv=None) -> int:
     if args.out:
         out = pathlib.Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        report = {"args": vars(args), "jax": jax.__version__, "rows": rows}
+        report = {"args": vars(args), "machine": machine.machine_info(), "rows": rows}
         out.write_text(json.dumps(report, indent=2))
         print(f"wrote {out}")
     return 0
