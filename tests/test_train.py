@@ -17,6 +17,7 @@ import pytest
 from deepnmf_jax import errors
 from deepnmf_jax.configs import cifar10, cifar100, default, fashion_mnist
 from deepnmf_jax.data import pipeline as input_pipeline
+from deepnmf_jax.evaluation import export
 from deepnmf_jax.models import config as model_config
 from deepnmf_jax.models import losses
 from deepnmf_jax.training import checkpoint as checkpointing
@@ -111,7 +112,6 @@ def _dead_channels(config, workdir, key) -> int:
     previous block's outputs entering the last block) that are <= 0 on all test images, in the
     run's evaluation batches (BatchNorm uses each batch's statistics)."""
     from deepnmf_jax.data import augment
-    from deepnmf_jax.data import pipeline as input_pipeline
 
     model = model_config.build(config.model, 10, 3)
     params = jax.tree_util.tree_map(lambda a: a[0], final_state(workdir)["params"])
@@ -232,15 +232,12 @@ def test_fashion_mnist_config_on_generated_files(tmp_path):
     assert results["dataset"]["train_size"] == 40 and results["dataset"]["name"] == "fashion_mnist"
 
 
-CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
-
-
 def _write_cifar10_binary(folder: pathlib.Path, batches) -> None:
     """The batches in the official *binary* layout (cifar-10-binary.tar.gz, what TFDS's builder
     reads): per image one label byte, then the 3,072 bytes of the python layout's row."""
     inner = folder / "cifar-10-batches-bin"
     inner.mkdir(parents=True)
-    (inner / "batches.meta.txt").write_text("\n".join(CIFAR10_CLASSES) + "\n")
+    (inner / "batches.meta.txt").write_text("\n".join(export.CIFAR10_CLASSES) + "\n")
     for member, batch in batches.items():
         labels = np.asarray(batch[b"labels"], np.uint8)[:, None]
         (inner / f"{member}.bin").write_bytes(np.concatenate([labels, batch[b"data"]], 1).tobytes())
