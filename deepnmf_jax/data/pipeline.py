@@ -95,27 +95,18 @@ def _from_tfds(
     if not download and not builder.is_prepared():
         return None, f"TensorFlow Datasets ({tfds_name} not prepared in {builder.data_dir})"
     splits = []
-    for split in ("train", "test"):
-        try:
-            examples = tfds.as_numpy(
-                tfds.load(
-                    tfds_name,
-                    split=split,
-                    batch_size=-1,
-                    data_dir=data_dir or None,
-                    download=download,
-                )
-            )
-        except Exception as error:  # TFDS raises many kinds (network, checksums, TensorFlow's own)
-            first_line = (str(error).strip().splitlines() or [""])[0]
-            return None, f"TensorFlow Datasets ({type(error).__name__}: {first_line})"
-        order = np.argsort(examples["id"], kind="stable") if "id" in examples else slice(None)
-        splits.append(
-            Split(
-                np.asarray(examples["image"][order], np.uint8),
-                np.asarray(examples["label"][order], np.int32),
-            )
-        )
+    try:
+        builder.download_and_prepare()  # a no-op for a prepared dataset
+        for split in ("train", "test"):
+            # (TFDS's logging decorator hides as_dataset's signature from type checkers)
+            dataset = builder.as_dataset(split=split, batch_size=-1)  # pyright: ignore[reportCallIssue]
+            examples = tfds.as_numpy(dataset)
+            order = np.argsort(examples["id"], kind="stable") if "id" in examples else slice(None)
+            images, labels = examples["image"][order], examples["label"][order]
+            splits.append(Split(np.asarray(images, np.uint8), np.asarray(labels, np.int32)))
+    except Exception as error:  # TFDS raises many kinds (network, checksums, TensorFlow's own)
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return None, f"TensorFlow Datasets ({type(error).__name__}: {first_line})"
     return (splits[0], splits[1], f"tfds:{tfds_name}"), ""
 
 
