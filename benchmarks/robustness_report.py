@@ -35,8 +35,9 @@ def _read(path: pathlib.Path) -> dict | None:
 
 def summarize(run: pathlib.Path) -> dict:
     """One model's row from ``run/eval/*.json`` (missing parts are None)."""
-    metrics, noise, attack = (
-        _read(run / "eval" / f) for f in ("metrics.json", "noise.json", "attack.json")
+    metrics, noise, attack, apgd = (
+        _read(run / "eval" / f)
+        for f in ("metrics.json", "noise.json", "attack.json", "attack_apgd.json")
     )
     config = json.loads((run / "config.json").read_text())
     row: dict = {"run": run.name, "model": config["model"]["name"]}
@@ -70,28 +71,37 @@ def summarize(run: pathlib.Path) -> dict:
             },
             "seconds": noise["seconds"],
         }
-    if attack:
-        row["attack"] = {
-            "test_images": attack["images"],
-            "steps": attack["steps"],
-            "gradients": {
-                r["gradient"]: {
-                    "clean_accuracy": float(np.mean(r["clean_accuracy"])),
-                    "robust_accuracy": {
-                        eps: float(np.mean(v)) for eps, v in r["robust_accuracy"].items()
-                    },
-                    "seconds": r["seconds"],
-                }
-                for r in attack["results"]
-            },
-        }
+    for key, report in (("attack", attack), ("attack_apgd", apgd)):
+        if report:
+            row[key] = _attack_summary(report)
     return row
 
 
-def robust_at(row: dict, eps255: float, gradient: str = "unrolled") -> float | None:
-    """Robust accuracy at ``eps255``/255 through ``gradient`` (a CNN's only gradient counts as
-    unrolled: its backward is exact)."""
-    gradients = row.get("attack", {}).get("gradients", {})
+def _attack_summary(report: dict) -> dict:
+    """An ``attack`` report's images, steps and, per gradient, seed-mean accuracies and seconds."""
+    return {
+        "test_images": report["images"],
+        "steps": report["steps"],
+        "gradients": {
+            r["gradient"]: {
+                "clean_accuracy": float(np.mean(r["clean_accuracy"])),
+                "robust_accuracy": {
+                    eps: float(np.mean(v)) for eps, v in r["robust_accuracy"].items()
+                },
+                "seconds": r["seconds"],
+            }
+            for r in report["results"]
+        },
+    }
+
+
+def robust_at(
+    row: dict, eps255: float, gradient: str = "unrolled", attack: str = "attack"
+) -> float | None:
+    """Robust accuracy at ``eps255``/255 through ``gradient`` under ``attack`` (``"attack"``:
+    PGD, ``"attack_apgd"``: APGD-CE; a CNN's only gradient counts as unrolled: its backward is
+    exact)."""
+    gradients = row.get(attack, {}).get("gradients", {})
     found = gradients.get(gradient) or (gradients.get("exact") if gradient == "unrolled" else None)
     if found is None and gradient == "unrolled" and len(gradients) == 1:
         found = next(iter(gradients.values()))

@@ -168,6 +168,7 @@ def robustness() -> str:
         "PGD 8/255",
         "PGD 8/255, approximate gradient",
         "PGD 8/255, transfer from the CNN twin",
+        "APGD-CE 8/255",
     ]
     rows = []
     for row in _load("robustness")["rows"]:
@@ -184,6 +185,7 @@ def robustness() -> str:
                 _pct(module.robust_at(row, 8, "unrolled")),
                 _pct(module.robust_at(row, 8, "approximate")),
                 _pct(module.robust_at(row, 8, "transfer")),
+                _pct(module.robust_at(row, 8, "unrolled", "attack_apgd")),
             ]
         )
     return _markdown_table(header, rows)

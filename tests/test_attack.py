@@ -68,6 +68,22 @@ def test_attack_command_on_trained_runs(local_sweep, tmp_path):
         assert list(row["robust_accuracy"]) == [f"{2 / 255:.6g}", f"{8 / 255:.6g}"]
         assert all(0 <= v <= 1 for v in row["clean_accuracy"])
     assert (run / "eval" / "attack.png").stat().st_size > 10_000
+    # APGD-CE writes its own file beside PGD's, which stays
+    code, output = _evaluate(
+        "attack", "--workdir", run, *args, "--method", "apgd", "--gradient", "approximate"
+    )
+    assert code == 0, output
+    apgd_report = json.loads((run / "eval" / "attack_apgd.json").read_text())
+    assert apgd_report["method"] == "apgd" and "APGD" in apgd_report["step_size"]
+    (row,) = apgd_report["results"]
+    assert (
+        row["gradient"] == "approximate"
+        and row["clean_accuracy"] == rows["approximate"]["clean_accuracy"]
+    )
+    assert all(0 <= v <= 1 for values in row["robust_accuracy"].values() for v in values)
+    assert json.loads((run / "eval" / "attack.json").read_text()) == report
+    code, output = _evaluate("attack", "--workdir", run, *args, "--method", "fgsm")
+    assert code == 1 and "--method must be one of ('pgd', 'apgd'), got 'fgsm'" in output, output
     # a run without population statistics: one line naming the command that makes them
     shutil.rmtree(run / "population")
     code, output = _evaluate("attack", "--workdir", run, *args)

@@ -3,7 +3,7 @@
 
     deepnmf evaluate --workdir RUN_OR_SWEEP [--checkpoint best|latest|STEP] [--split test|validation]
     deepnmf noise --workdir RUN_OR_SWEEP [--workdir ... --out DIR] [--corruptions cifar10c]
-    deepnmf attack --workdir RUN [--eps 1/255,8/255] [--steps 20] [--limit 500]
+    deepnmf attack --workdir RUN [--eps 1/255,8/255] [--steps 20] [--limit 500] [--method apgd]
     deepnmf export --workdir RUN [--seed-index 0] [--out DIR] [--onnx]
     deepnmf population-stats --workdir RUN [--checkpoint best]
     deepnmf import-reference --state-dict model.npz --model cnmf_1x1 --workdir RUN
@@ -93,7 +93,13 @@ def _parser(name: str) -> _common.Parser:
     elif name == "attack":
         _runs(parser)
         parser.add_argument("--eps", default="1/255,2/255,4/255,8/255", help="radii, e.g. 8/255")
-        parser.add_argument("--steps", type=int, default=20, help="PGD steps")
+        parser.add_argument("--steps", type=int, default=20, help="PGD (or APGD) steps")
+        parser.add_argument(
+            "--method",
+            default="pgd",
+            help="pgd (step eps/4; eval/attack.json) or apgd (APGD-CE, AutoAttack's step-size-free "
+            "PGD; eval/attack_apgd.json)",
+        )
         parser.add_argument("--limit", type=int, default=500, help="test images attacked")
         parser.add_argument("--seed", type=int, default=0, help="of the random start")
         parser.add_argument(

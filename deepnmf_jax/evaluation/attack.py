@@ -3,7 +3,9 @@
 Per radius eps: a uniform random start in the eps-ball, then ``steps`` signed-gradient steps of
 ``eps / 4`` on the cross-entropy ``-log p_y`` of the model's probabilities, each projected back onto
 the ball and onto [0, 1]. The perturbation lives on the 32 x 32 image, before the centre crop, as a
-corruption would. Robust accuracy is the accuracy on the last iterate.
+corruption would. Robust accuracy is the accuracy on the last iterate. ``method="apgd"`` runs
+APGD-CE instead (:mod:`deepnmf_jax.evaluation.apgd`: AutoAttack's step-size-free PGD with momentum),
+whose robust accuracy counts an image as broken if any iterate is misclassified.
 
 The gradient the attack follows (``gradient``):
 
@@ -38,11 +40,13 @@ from deepnmf_jax._plotting import pyplot
 from deepnmf_jax.core.options import Unrolled
 from deepnmf_jax.data.augment import center_crop
 from deepnmf_jax.errors import ConfigError
+from deepnmf_jax.evaluation import apgd as apgd_lib
 from deepnmf_jax.evaluation import runs
 from deepnmf_jax.models import config as model_config
 from deepnmf_jax.training import workdir as workdir_lib
 
 GRADIENTS = ("unrolled", "approximate", "transfer")
+METHODS = {"pgd": "eps / 4", "apgd": "2 eps, halved at checkpoints (APGD-CE)"}  # method: step size
 DEFAULT_EPS = "1/255,2/255,4/255,8/255"
 LOG_EPS = 1e-20
 
@@ -78,15 +82,19 @@ class Attacker:
     apply: Callable  # images in [0, 1] -> probabilities (the network's forward)
     attack_apply: Callable  # the same forward with the backward the attack follows
 
+    def losses(self, images, labels):
+        """``-log p_y`` per image under the attack's forward, and whether it is classified right."""
+        probs = self.attack_apply(images)
+        picked = jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
+        return -jnp.log(picked + LOG_EPS), jnp.argmax(probs, -1).astype(labels.dtype) == labels
+
     @functools.partial(jax.jit, static_argnums=(0, 5))
     def pgd(self, images, labels, key, eps, steps: int):
         """The last PGD iterate (module docstring) for a batch."""
         step = eps / 4
 
         def loss(x):
-            probs = self.attack_apply(x)
-            picked = jnp.take_along_axis(probs, labels[:, None], axis=1)
-            return -jnp.sum(jnp.log(picked + LOG_EPS))
+            return jnp.sum(self.losses(x, labels)[0])
 
         start = images + jax.random.uniform(key, images.shape, images.dtype, -eps, eps)
         start = jnp.clip(start, 0.0, 1.0)
@@ -96,6 +104,13 @@ class Attacker:
             return jnp.clip(jnp.clip(x, images - eps, images + eps), 0.0, 1.0)
 
         return jax.lax.fori_loop(0, steps, body, start)
+
+    @functools.partial(jax.jit, static_argnums=(0, 5))
+    def apgd(self, images, labels, key, eps, steps: int):
+        """APGD-CE's images for a batch (:mod:`deepnmf_jax.evaluation.apgd`): the last
+        misclassified iterate of each image, or its start."""
+        found = apgd_lib.apgd(lambda x: self.losses(x, labels), images, key, eps, steps)
+        return found.adversarial
 
     @functools.partial(jax.jit, static_argnums=0)
     def predict(self, images):
@@ -142,8 +157,10 @@ def run_attack(
     batch: int,
     source: runs.TrainedRun | None = None,
     progress: Callable[[str], None] | None = None,
+    method: str = "pgd",
 ) -> dict:
-    """Clean and robust accuracy per seed of ``run`` under PGD with ``gradient`` (module docstring):
+    """Clean and robust accuracy per seed of ``run`` under ``method`` (``"pgd"``, or ``"apgd"``:
+    :mod:`deepnmf_jax.evaluation.apgd`) with ``gradient`` (module docstring):
     ``{"gradient", "clean_accuracy": [per seed], "robust_accuracy": {eps: [per seed]}, "seconds"}``.
     For ``"transfer"`` the adversarial images are made on ``source``'s first seed."""
     start = time.perf_counter()
@@ -169,8 +186,9 @@ def run_attack(
     for eps_index, eps in enumerate(eps_values):
         per_seed = []
         for target, maker in zip(targets, makers, strict=True):
+            attack = maker.pgd if method == "pgd" else maker.apgd
             adversarial = [
-                maker.pgd(
+                attack(
                     x[k : k + batch],
                     y[k : k + batch],
                     jax.random.fold_in(jax.random.fold_in(key, eps_index), k),
@@ -216,6 +234,8 @@ def command(selection, args, say: Callable[[str], None] = print) -> dict:
     gradients = parse_gradients(args.gradient)
     if args.source_run and "transfer" not in gradients:
         gradients.append("transfer")
+    if args.method not in METHODS:
+        raise ConfigError(f"--method must be one of {tuple(METHODS)}, got {args.method!r}")
     if args.steps < 1 or args.limit < 1:
         raise ConfigError(f"--steps and --limit must be >= 1, got {args.steps} and {args.limit}")
     if "transfer" in gradients and not args.source_run:
@@ -242,6 +262,7 @@ def command(selection, args, say: Callable[[str], None] = print) -> dict:
             run.config.eval_batch_size,
             source,
             lambda line: say(f"  {line}"),
+            args.method,
         )
         say(
             f"{gradient}: clean {100 * mean_std(row['clean_accuracy'])['mean']:.2f} %, "
@@ -259,7 +280,8 @@ def command(selection, args, say: Callable[[str], None] = print) -> dict:
         "seeds": run.seeds,
         "images": len(test),
         "steps": args.steps,
-        "step_size": "eps / 4",
+        "method": args.method,
+        "step_size": METHODS[args.method],
         "seed": args.seed,
         "source_run": args.source_run,
         "batch_norm": run.note,
@@ -267,7 +289,9 @@ def command(selection, args, say: Callable[[str], None] = print) -> dict:
     }
     out = run.folder / "eval"
     out.mkdir(exist_ok=True)
-    workdir_lib.atomic_write_text(out / "attack.json", json.dumps(report, indent=1))
-    plot(report, out / "attack.png", f"{run.config.model.name}: PGD, {len(test)} images")
-    say(f"{out / 'attack.json'}, {out / 'attack.png'}")
+    name = "attack" if args.method == "pgd" else f"attack_{args.method}"  # one file per method
+    workdir_lib.atomic_write_text(out / f"{name}.json", json.dumps(report, indent=1))
+    title = f"{run.config.model.name}: {args.method.upper()}, {len(test)} images"
+    plot(report, out / f"{name}.png", title)
+    say(f"{out / f'{name}.json'}, {out / f'{name}.png'}")
     return report
