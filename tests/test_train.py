@@ -528,7 +528,7 @@ def test_check_inputs_names_the_nmf_layer_inside_the_train_step():
 )
 def test_auto_patch_conv_is_a_convolution_unless_seeds_run_in_a_loop(seeds, seed_loop, expected):
     """models.config.resolve_patch_conv, decided by the training program: XLA:CPU's convolution
-    weight gradient is ~140x slower inside lax.map's loop, so mapped seeds use slices and a matmul."""
+    weight gradient is far slower inside lax.map's loop, so mapped seeds use slices and a matmul."""
     config = tiny_config(**{"model.name": "cnn_1x1", "num_seeds": seeds, "seed_loop": seed_loop})
     assert config.model.patch_conv == "auto"
     block = build_program(config).ctx.model.block_cls  # functools.partial(Block, ...)

@@ -186,7 +186,7 @@ def run_attack(
     for eps_index, eps in enumerate(eps_values):
         per_seed = []
         for target, maker in zip(targets, makers, strict=True):
-            attack = maker.pgd if method == "pgd" else maker.apgd
+            attack = getattr(maker, method)  # Attacker.pgd or Attacker.apgd (METHODS)
             adversarial = [
                 attack(
                     x[k : k + batch],

@@ -174,7 +174,8 @@ def resolve_patch_conv(method: str, seeds_in_a_loop: bool) -> str:
     """``model.patch_conv`` as the layers take it: ``"auto"`` is ``"conv"`` (one convolution, the
     fastest form measured on XLA:CPU of JAX 0.12 and the natural one for cuDNN) unless the program
     runs several seeds one after another in a loop (``lax.map``, the CPU's seed loop), where XLA:CPU
-    computes a convolution's weight gradient about 140x slower than outside a loop: there, and
+    computes a convolution's weight gradient far slower than outside a loop (26x for 5 seeds in
+    ``benchmarks/conv_grad_in_loop.py``): there, and
     wherever no training program decides (``seeds_in_a_loop=True``), ``"matmul"``. The forms are
     equal up to rounding (tested in float64)."""
     if method != "auto":
