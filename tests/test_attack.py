@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deepnmf_jax import machine
 from deepnmf_jax.errors import ConfigError
 from deepnmf_jax.evaluation import attack
+from tests.test_benchmarks import _benchmark_module
 from tests.test_evaluate import CNMF, CNN, _evaluate
 
 
@@ -82,6 +84,25 @@ def test_attack_command_on_trained_runs(local_sweep, tmp_path):
     )
     assert all(0 <= v <= 1 for values in row["robust_accuracy"].values() for v in values)
     assert json.loads((run / "eval" / "attack.json").read_text()) == report
+    # the robustness report's row: both attacks, each with the CPU it ran on
+    out = tmp_path / "robustness.json"
+    report_script = _benchmark_module("robustness_report")
+    assert report_script.main([str(run), "--out", str(out)]) == 0
+    (summary,) = json.loads(out.read_text())["rows"]
+    assert summary["model"] == "cnmf" and "clean_accuracy" not in summary  # no evaluate yet
+    assert set(summary["attack"]["gradients"]) == {"unrolled", "approximate", "transfer"}
+    assert summary["attack_apgd"]["gradients"]["approximate"]["clean_accuracy"] == float(
+        np.mean(rows["approximate"]["clean_accuracy"])
+    )
+    for eps255, key in (
+        (2, f"{2 / 255:.6g}"),
+        (8, f"{8 / 255:.6g}"),
+    ):  # as the docs' table reads it
+        for gradient in ("unrolled", "transfer"):
+            expected = float(np.mean(rows[gradient]["robust_accuracy"][key]))
+            assert report_script.robust_at(summary, eps255, gradient) == expected
+    cpu = machine.machine_info()["cpu"]
+    assert summary["cpu"] == {"attack": cpu, "attack_apgd": cpu}
     code, output = _evaluate("attack", "--workdir", run, *args, "--method", "fgsm")
     assert code == 1 and "--method must be one of ('pgd', 'apgd'), got 'fgsm'" in output, output
     # a run without population statistics: one line naming the command that makes them

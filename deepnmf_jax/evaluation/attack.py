@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepnmf_jax import machine
 from deepnmf_jax._format import mean_std
 from deepnmf_jax._plotting import pyplot
 from deepnmf_jax.core.options import Unrolled
@@ -286,6 +287,7 @@ def command(selection, args, say: Callable[[str], None] = print) -> dict:
         "source_run": args.source_run,
         "batch_norm": run.note,
         "results": results,
+        "machine": machine.machine_info(),
     }
     out = run.folder / "eval"
     out.mkdir(exist_ok=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from deepnmf_jax import machine
 from deepnmf_jax._format import mean_std, plural
 from deepnmf_jax._plotting import pyplot
 from deepnmf_jax.errors import ConfigError
@@ -105,6 +106,7 @@ def evaluate(selection: Selection, split: str = "test", say: Say = print) -> lis
             "accuracy": mean_std(accuracy),
             "ece": mean_std([s["ece"] for s in per_seed]),
             "per_seed": per_seed,
+            "machine": machine.machine_info(),
         }
         calibrated = ""
         if temperatures is not None:

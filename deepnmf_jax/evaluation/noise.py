@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from deepnmf_jax import machine
 from deepnmf_jax._format import plural
 from deepnmf_jax.data.pipeline import load_for_config
 from deepnmf_jax.errors import ConfigError
@@ -226,7 +227,12 @@ def _suite(run: TrainedRun, options: SuiteOptions, recompute, say) -> dict:
             say(f"  reused {path} (same checkpoint and options; --recompute runs it again)")
             return earlier
     suite = run_suite(run, options, lambda line: say(f"  {line}"))
-    suite.update(model=run.config.model.name, checkpoint=run.checkpoint, epoch=run.epoch)
+    suite.update(
+        model=run.config.model.name,
+        checkpoint=run.checkpoint,
+        epoch=run.epoch,
+        machine=machine.machine_info(),
+    )
     path.parent.mkdir(exist_ok=True)
     workdir_lib.atomic_write_text(path, json.dumps(suite, indent=1))
     label = run.config.model.name
