@@ -173,9 +173,7 @@ def figure(rows: list[dict], path: pathlib.Path) -> None:
     curves.set_ylabel("robust accuracy (%)")
     curves.set_title("PGD, 20 steps, by the gradient it follows")
     curves.grid(alpha=0.3)
-    curves.legend(
-        fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1)
-    )  # beside, not on, the lines
+    curves.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
