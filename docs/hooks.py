@@ -140,10 +140,12 @@ def released_weights() -> str:
     rows = []
     for name, entry in sorted(manifest.items()):
         acc = entry.get("accuracy", {})
+        model = entry.get("model", {})
         rows.append(
             [
                 f"`{name}`",
-                entry.get("model", {}).get("name", "?"),
+                model.get("name", "?")
+                + (" (BatchNorm at 1x1)" if model.get("batch_norm_1x1") else ""),
                 _pct(acc.get("cifar10_test")),
                 _pct(acc.get("population_batch_1")),
                 _pct(acc.get("population_batch_50")),

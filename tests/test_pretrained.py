@@ -17,6 +17,7 @@ RELEASED = {
     "cnn_1x1_cifar10_fast",
     "cnmf_cifar10_fast",
     "cnn_cifar10_fast",
+    "cnn_1x1_cifar10_paper",
 }
 
 
