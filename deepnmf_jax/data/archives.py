@@ -23,8 +23,8 @@ import tarfile
 import urllib.request
 
 import numpy as np
-from tqdm import tqdm
 
+from deepnmf_jax._progress import progress_bar
 from deepnmf_jax.errors import DataError
 
 
@@ -215,7 +215,7 @@ def download(url: str, target: str | os.PathLike, md5: str, progress: bool = Tru
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(
+            with progress_bar(
                 total=total,
                 unit="B",
                 unit_scale=True,

@@ -27,8 +27,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from tqdm import tqdm
 
+from deepnmf_jax._progress import progress_bar
 from deepnmf_jax.data.pipeline import load_for_config
 from deepnmf_jax.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from deepnmf_jax.models import dead_channels
@@ -195,7 +195,7 @@ def train_epoch(
     loss_sum = np.asarray(progress.loss_sum, np.float64)
     correct = np.asarray(progress.correct, np.int64)
     pending, step, compile_seconds, timed_steps = [], first, 0.0, 0
-    bar = tqdm(
+    bar = progress_bar(
         total=run.steps_per_epoch,
         initial=first,
         desc=f"epoch {epoch}/{config.num_epochs}",

@@ -19,8 +19,8 @@ import time
 import jax
 import numpy as np
 from flax import traverse_util
-from tqdm import tqdm
 
+from deepnmf_jax._progress import progress_bar
 from deepnmf_jax.errors import CheckpointError, TrainingInterrupted
 from deepnmf_jax.models import population
 from deepnmf_jax.training import checkpoint
@@ -45,7 +45,9 @@ def compute(program, state, images: jax.Array, batch_size: int, stop=None, descr
     batches = images.shape[0] // batch_size
     pool = population.MomentPool()
     fetch = program.placement.fetch
-    for index in tqdm(range(batches), desc=description, disable=description is None, leave=False):
+    for index in progress_bar(
+        range(batches), desc=description, disable=description is None, leave=False
+    ):
         if stop is not None and stop.requested:
             raise TrainingInterrupted(
                 f"stopped by {stop.requested} while gathering BatchNorm statistics (the "

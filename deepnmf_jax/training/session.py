@@ -14,8 +14,8 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import numpy as np
-from tqdm import tqdm
 
+from deepnmf_jax._progress import progress_bar
 from deepnmf_jax.data.pipeline import Dataset
 from deepnmf_jax.errors import CheckpointError, TrainingInterrupted
 from deepnmf_jax.models import dead_channels, param_counts
@@ -132,7 +132,7 @@ def predict(
     fetch = built.placement.fetch
     probs, maxima = [], None
     starts = range(0, images.shape[0], chunk)
-    for start in tqdm(starts, desc=description, disable=description is None, leave=False):
+    for start in progress_bar(starts, desc=description, disable=description is None, leave=False):
         _stop_if_requested(stop)
         piece = images[start : start + chunk]
         if population is None:
