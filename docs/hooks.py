@@ -107,7 +107,15 @@ def side_by_side(name: str) -> str:
 
 def side_by_side_repeats(name: str) -> str:
     """One line per run of the same side-by-side configuration: how far one run decides a ratio."""
-    header = ["run", "model", "batch", "reference images/s", "ours images/s", "ours / reference"]
+    header = [
+        "run",
+        "cpu",
+        "model",
+        "batch",
+        "reference images/s",
+        "ours images/s",
+        "ours / reference",
+    ]
     rows = []
     for number, run in enumerate(_load(name)["runs"], 1):
         by_code = {row["code"]: row for row in run["rows"]}
@@ -115,6 +123,7 @@ def side_by_side_repeats(name: str) -> str:
         rows.append(
             [
                 str(number),
+                run.get("machine", {}).get("cpu", "?"),
                 ours["model"],
                 str(ours["batch"]),
                 f"{reference['images_per_s']:.0f}",
@@ -122,6 +131,31 @@ def side_by_side_repeats(name: str) -> str:
                 f"{ours['vs_reference']:.2f}x",
             ]
         )
+    return _markdown_table(header, rows)
+
+
+def ffi_nmf_loop() -> str:
+    """The fused C++ loop against XLA's, per NMF layer shape (``benchmarks/ffi_nmf_loop.py``)."""
+    report = _load("ffi_nmf_loop")
+    header = [
+        "positions x inputs x codes",
+        "XLA ms",
+        "XLA GFLOP/s",
+        "fused ms",
+        "fused GFLOP/s",
+        "largest difference",
+    ]
+    rows = [
+        [
+            f"{r['positions']:,} x {r['inputs']:,} x {r['codes']}",
+            f"{r['xla_ms']:.2f}",
+            f"{r['xla_gflops']:.0f}",
+            f"{r['fused_ms']:.2f}",
+            f"{r['fused_gflops']:.0f}",
+            f"{r['difference']:.1e}",
+        ]
+        for r in report["rows"]
+    ]
     return _markdown_table(header, rows)
 
 
@@ -199,7 +233,7 @@ TABLES = {
     "backprop": backprop,
     "train_step_cpu": train_step_cpu,
     "side_by_side_cpu": lambda: side_by_side("side_by_side_cpu"),
-    "side_by_side_cpu_before": lambda: side_by_side("side_by_side_cpu_before"),
+    "ffi_nmf_loop": ffi_nmf_loop,
     "side_by_side_conv": lambda: side_by_side("side_by_side_conv"),
     "side_by_side_cnmf_1x1_repeats": lambda: side_by_side_repeats("side_by_side_cnmf_1x1_repeats"),
     "released_weights": released_weights,

@@ -62,6 +62,8 @@ def test_train_step_benchmark_runs(tmp_path):
     ] > 0
     assert report["peak_gflops"] > 0 and report["machine"]["cpu_count"] >= 1
     assert 0 < rows[0]["fraction_of_peak"] and rows[0]["mflop_per_image"] > 0
+    assert report["peak_gflops"] == max(report["peak_gflops_measured"])  # before and after
+    assert rows[0]["fraction_of_peak"] == pytest.approx(rows[0]["gflops"] / report["peak_gflops"])
 
 
 def test_benchmark_default_output_is_not_the_committed_results():
@@ -278,6 +280,12 @@ def test_side_by_side_runs_our_code_trees_and_refuses_a_folder_without_the_packa
         assert str(ROOT / "deepnmf_jax") in row["software"]  # imported from the tree named
         assert "vs_reference" not in row  # no reference asked for
     assert report["peak_gflops"] > 0 and report["machine"]["backend"] == "cpu"
+    # the peak, measured alone before the workers and after them; the fraction is of the higher
+    assert len(report["peak_gflops_measured"]) == 2
+    assert report["peak_gflops"] == max(report["peak_gflops_measured"])
+    row = report["rows"][0]
+    fraction = row["mflop_per_image"] * row["images_per_s"] / 1e3 / report["peak_gflops"]
+    assert row["fraction_of_peak"] == pytest.approx(fraction)
     refused = subprocess.run(
         [sys.executable, "benchmarks/side_by_side.py", f"--ours=old={tmp_path}"],
         cwd=ROOT,
@@ -297,3 +305,23 @@ def test_conv_grad_in_loop_repro_runs(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [row["form"] for row in rows] == ["one seed at a time", "vmap", "lax.map", "python loop"]
     assert rows[0]["vs_one_at_a_time"] == 1.0 and "lax.map" in stdout
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="the fused-kernel experiment needs g++")
+def test_ffi_nmf_loop_kernel_builds_and_gives_the_xla_loop_codes(tmp_path):
+    """The fused C++ loop (an XLA FFI custom call) against ``nmf_fixed_point``, at odd shapes: rows
+    that are not a multiple of the kernel's 4-row tile, S and I that are not multiples of 16."""
+    out = tmp_path / "ffi.json"
+    _run(
+        "ffi_nmf_loop.py",
+        *("--shapes", "37,20,5", "130,75,32", "9,40,17"),
+        *("--iterations", "3", "--repeats", "1", "--threads", "2", "--out", str(out)),
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["positions"], r["inputs"], r["codes"]) for r in rows] == [
+        (37, 20, 5),
+        (130, 75, 32),
+        (9, 40, 17),
+    ]
+    for row in rows:
+        assert row["difference"] < 1e-5 and row["xla_ms"] > 0 and row["fused_ms"] > 0

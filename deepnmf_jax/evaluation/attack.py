@@ -133,6 +133,12 @@ def attackers(run: runs.TrainedRun, gradient: str) -> list[Attacker]:
         attack_model = model_config.build(
             config.model, run.num_classes, None, backward=Unrolled(remat=True), chunk_bytes=0
         )
+    elif config.model.is_preset:
+        # built from the config, not the training program's model: a one-seed program computes
+        # CNN a-layers as one convolution, whose gradient XLA:CPU computes far slower inside the
+        # attack's loop than the slices-and-matmul form the config builds outside training (the
+        # same numbers up to float32 rounding)
+        attack_model = model_config.build(config.model, run.num_classes, None)
     out = []
     for index in range(len(run.seeds)):
         variables = run.variables(index)
