@@ -7,8 +7,7 @@ with ``--set KEY=VALUE`` overrides. The package is imported from wherever ``PYTH
 which file was imported.
 
 Protocol: ``step_protocol.py``; the ready record, printed after the compile and ``--warmup`` steps,
-is ``{"ready": ..., "parameters": ..., "compile_s": ..., "mflop_per_image": ...}`` (and
-``"peak_gflops"`` with ``--peak N``).
+is ``{"ready": ..., "parameters": ..., "compile_s": ..., "mflop_per_image": ..., "seed_loop": ...}``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import numpy as np
 import step_protocol  # beside this script
 
 import deepnmf_jax
-from deepnmf_jax import _schema, machine, training
+from deepnmf_jax import _schema, training
 from deepnmf_jax.configs import default
 from deepnmf_jax.models import flops, param_counts
 from deepnmf_jax.training import program
@@ -33,7 +32,6 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], help="config KEY=VALUE")
-    parser.add_argument("--peak", type=int, default=0, help="also measure the jnp.dot peak, N x N")
     args = parser.parse_args(argv)
 
     config = training.from_any(default.get_config()).replace(
@@ -66,9 +64,6 @@ def main(argv=None) -> None:
         "mflop_per_image": flops.train_step_flops(run.ctx.model, (crop, crop, 3)) / 1e6,
         "seed_loop": run.placement.loop,
     }
-    if args.peak:
-        ready["peak_gflops"] = machine.matmul_peak_gflops(args.peak)
-        ready["machine"] = machine.machine_info()
     step_protocol.serve(step, ready)
 
 
