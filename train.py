@@ -9,4 +9,5 @@ import sys
 from deepnmf_jax.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    # the command line's own process: on tcmalloc where it is installed (deepnmf_jax._malloc)
+    sys.exit(main(["train", *sys.argv[1:]], entry_point=True))

@@ -4,6 +4,7 @@ matmul peak and peak memory, per model, batch size and seed count.
     python benchmarks/side_by_side.py --reference-repo ../deep_nmf --reference-python ~/torch/bin/python
     python benchmarks/side_by_side.py ... --ours before=/tmp/old_tree --ours after=.  # two code trees
     python benchmarks/side_by_side.py ... --ours matmul=. --ours conv=. --set conv:model.patch_conv=conv
+    python benchmarks/side_by_side.py ... --ours glibc=. --ours tcmalloc=. --env glibc:DEEPNMF_MALLOC=system
     python benchmarks/side_by_side.py ... --out benchmarks/results/side_by_side_cpu.json
 
 Every configuration runs in its own worker process (``step_worker_jax.py`` for ours, from each code
@@ -72,6 +73,19 @@ def _tree_env(tree: pathlib.Path) -> dict:
     return dict(os.environ, PYTHONPATH=str(tree.resolve()), JAX_PLATFORMS="cpu")
 
 
+def _environment(items: list[str], label: str) -> dict:
+    """The ``--env LABEL:KEY=VALUE`` variables of the workers labelled ``label``."""
+    chosen = {}
+    for item in items:
+        prefix, _, rest = item.partition(":")
+        key, equals, value = rest.partition("=")
+        if not equals or not key:
+            raise SystemExit(f"error: --env wants LABEL:KEY=VALUE, got {item!r}")
+        if prefix == label:
+            chosen[key] = value
+    return chosen
+
+
 def _settings(items: list[str], label: str) -> list[str]:
     """The ``--set`` items for the code tree ``label``: ``KEY=VALUE`` for every tree,
     ``LABEL:KEY=VALUE`` for that one only."""
@@ -118,6 +132,7 @@ def start_workers(model: str, batch: int, args) -> list[Worker]:
             f"--threads={args.threads}",
         ]
         env = dict(os.environ, PYTHONPATH=str(pathlib.Path(args.reference_repo).resolve()))
+        env.update(_environment(args.env, "reference"))
         workers.append(Worker("reference", 1, command, env))
     for label, tree in args.ours:
         for seeds in args.seeds:
@@ -129,7 +144,8 @@ def start_workers(model: str, batch: int, args) -> list[Worker]:
                 f"--seeds={seeds}",
                 *[f"--set={item}" for item in _settings(args.set, label)],
             ]
-            workers.append(Worker(label, seeds, command, _tree_env(tree)))
+            env = _tree_env(tree) | _environment(args.env, label)
+            workers.append(Worker(label, seeds, command, env))
     return workers
 
 
@@ -158,6 +174,7 @@ def measure(model: str, batch: int, args) -> list[dict]:
             "round_step_s": worker.round_medians,
             "images_per_s": images_per_s,
             "max_rss_mib": rss,
+            "allocator": worker.ready.get("allocator", "?"),
             "mflop_per_image": mflop,
         }
         if reference is not None:
@@ -218,6 +235,13 @@ def main(argv=None) -> dict:
         action="append",
         default=[],
         help="our config KEY=VALUE, or LABEL:KEY=VALUE for one code tree only",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        help="LABEL:KEY=VALUE, an environment variable of that label's workers (reference too), "
+        "e.g. ours:DEEPNMF_MALLOC=system",
     )
     parser.add_argument("--peak-size", type=int, default=4096, help="matrix size of the peak test")
     parser.add_argument("--out", default=DEFAULT_OUT, help="JSON output")

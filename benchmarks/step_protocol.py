@@ -15,6 +15,19 @@ import time
 from collections.abc import Callable
 
 
+def allocator() -> str:
+    """The worker's memory allocator, as ``deepnmf_jax._malloc.loaded`` names it (the reference's
+    interpreter has no deepnmf_jax): a preloaded library's name, or ``"system"``."""
+    try:
+        with open("/proc/self/maps") as maps:
+            text = maps.read()
+    except OSError:
+        text = ""
+    return next(
+        (name for name in ("tcmalloc", "jemalloc", "mimalloc") if f"lib{name}" in text), "system"
+    )
+
+
 def timed(step: Callable[[], object]) -> float:
     """Seconds of one call of ``step`` (which waits for its own result)."""
     start = time.perf_counter()

@@ -19,13 +19,14 @@ import numpy as np
 import step_protocol  # beside this script
 
 import deepnmf_jax
-from deepnmf_jax import _schema, training
+from deepnmf_jax import _malloc, _schema, training
 from deepnmf_jax.configs import default
 from deepnmf_jax.models import flops, param_counts
 from deepnmf_jax.training import program
 
 
 def main(argv=None) -> None:
+    _malloc.exec_on_tcmalloc()  # as the command line runs (DEEPNMF_MALLOC=system: glibc's malloc)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--batch", type=int, required=True)
@@ -63,6 +64,7 @@ def main(argv=None) -> None:
         "compile_s": first,
         "mflop_per_image": flops.train_step_flops(run.ctx.model, (crop, crop, 3)) / 1e6,
         "seed_loop": run.placement.loop,
+        "allocator": step_protocol.allocator(),
     }
     step_protocol.serve(step, ready)
 

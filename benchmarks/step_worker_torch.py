@@ -11,7 +11,7 @@ included (ours is: its cost is ours to carry). No state_dict is read: the weight
 reference's initialisation after ``torch.manual_seed(21)``.
 
 Protocol: ``step_protocol.py``; the ready record, printed after the build and ``--warmup`` steps,
-is ``{"ready": ..., "parameters": ..., "compile_s": first step}``.
+is ``{"ready": ..., "parameters": ..., "compile_s": first step, "allocator": ...}``.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def main(argv=None) -> None:
         step()
     count = sum(p.numel() for group in parameters for p in group)
     ready = {"ready": f"torch {torch.__version__}", "parameters": count, "compile_s": first}
+    ready["allocator"] = step_protocol.allocator()
     step_protocol.serve(step, ready)
 
 

@@ -12,6 +12,7 @@ import sys
 import pytest
 from flax import traverse_util
 
+from deepnmf_jax import _malloc
 from deepnmf_jax.training.config import ADDED_KEYS
 from tests.runners import ROOT, subprocess_env
 
@@ -269,12 +270,15 @@ def test_side_by_side_runs_our_code_trees_and_refuses_a_folder_without_the_packa
         "--steps=1",
         f"--ours=a={ROOT}",
         f"--ours=b={ROOT}",
+        "--env=a:DEEPNMF_MALLOC=system",  # a on glibc's malloc; b as the command line runs
         *small,
         f"--out={out}",
     )
     assert "| cnmf_1x1 | 4 | 1 | a |" in stdout and "| cnmf_1x1 | 4 | 1 | b |" in stdout
     report = json.loads(out.read_text())
     assert [r["code"] for r in report["rows"]] == ["a", "b"]
+    tcmalloc = "tcmalloc" if _malloc.find_tcmalloc() else "system"
+    assert [r["allocator"] for r in report["rows"]] == ["system", tcmalloc]
     for row in report["rows"]:
         assert row["images_per_s"] > 0 and row["max_rss_mib"] > 0 and 0 < row["fraction_of_peak"]
         assert str(ROOT / "deepnmf_jax") in row["software"]  # imported from the tree named

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from deepnmf_jax import errors
+from deepnmf_jax import _malloc, errors
 from deepnmf_jax.configs import cifar10, cifar100, default, fashion_mnist
 from deepnmf_jax.data import pipeline as input_pipeline
 from deepnmf_jax.evaluation import export
@@ -386,6 +386,14 @@ def uninterrupted_run(tmp_path_factory):
     code, output = _finish(_cli(workdir, "--config.num_epochs=5"))
     assert code == 0, output
     return workdir
+
+
+def test_the_command_line_trains_on_tcmalloc_where_it_is_installed(uninterrupted_run):
+    """``python train.py`` re-executes itself with tcmalloc preloaded (deepnmf_jax._malloc) and
+    the results record the allocator it ran on; CI installs tcmalloc, so there it is tcmalloc."""
+    machine = json.loads((uninterrupted_run / "results.json").read_text())["machine"]
+    wanted = os.environ.get(_malloc.MALLOC_ENV, "tcmalloc") != "system"
+    assert machine["allocator"] == ("tcmalloc" if wanted and _malloc.find_tcmalloc() else "system")
 
 
 def test_cli_resume_after_sigkill_is_bit_exact(uninterrupted_run, tmp_path):

@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
+from deepnmf_jax import _malloc
 from deepnmf_jax.cli import _common, evaluate, sweep, train
 
 SUBCOMMANDS = {
@@ -35,7 +37,9 @@ def _parser() -> _common.Parser:
     return parser
 
 
-def dispatch(argv: list[str]) -> int | None:
+def dispatch(argv: list[str], entry_point: bool = False) -> int | None:
+    """Runs the subcommand ``argv`` names. ``entry_point``: ``argv`` is this process's own command
+    line, which may be re-executed on tcmalloc first (:mod:`deepnmf_jax._malloc`)."""
     parser = _parser()
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -45,11 +49,16 @@ def dispatch(argv: list[str]) -> int | None:
     rest = [a for a in argv if a != "--verbose"]
     name = rest[0] if rest else ""
     parser.parse_args([name])  # one line (with "did you mean") for an unknown subcommand
+    if entry_point:
+        _malloc.exec_on_tcmalloc()
     return SUBCOMMANDS[name][0](rest[1:])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return _common.run(dispatch, argv)
+def main(argv: Sequence[str] | None = None, entry_point: bool | None = None) -> int:
+    """The command line on ``argv`` (None: ``sys.argv``). ``entry_point`` (default: ``argv`` is
+    None): the arguments are this process's own command line (:func:`dispatch`)."""
+    entry_point = argv is None if entry_point is None else entry_point
+    return _common.run(functools.partial(dispatch, entry_point=entry_point), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
