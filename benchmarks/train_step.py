@@ -5,8 +5,9 @@
     python benchmarks/train_step.py --out benchmarks/results/train_step_cpu.json   # the committed file
 
 In the same run it measures the machine's float32 matmul peak (``jnp.dot`` of two 4096 x 4096
-matrices, before the first configuration and after the last; fractions are of the higher) and, for every configuration, the train step (augmentation, forward, backward, Adam) on
-synthetic uint8 CIFAR-shaped data (the step's cost does not depend on pixel values): compile time,
+matrices, before the first configuration and after the last; fractions are of the higher) and,
+for every configuration, the train step (augmentation, forward, backward, Adam) on synthetic uint8
+CIFAR-shaped data (the step's cost does not depend on pixel values): compile time,
 median step time, images/s (every seed's images), GFLOP/s from the hand count of
 :mod:`deepnmf_jax.flops` and the fraction of the peak, and the extrapolated CIFAR-10 epoch (50,000
 training images in steps of the batch + 200 evaluation batches of 50). The JSON keeps the machine
