@@ -17,8 +17,12 @@ to the reference. The reference trains one seed at a time, so its images/s is al
 five seeds run one after another. The machine's ``jnp.dot`` peak is measured in a process of its own
 with nothing else running, before the first worker starts and after the last one ends; the fraction
 of the peak is taken against the higher of the two (on a shared virtual machine a single measurement
-moved between 300 and 430 GFLOP/s in one day). Each worker's peak resident memory (``ru_maxrss``) is
-reported beside it. Not a test.
+moved between 300 and 430 GFLOP/s in one day). The peak also takes its turn in every round as one
+more worker (``step_worker_peak.py``, the best of its ``--steps`` dots), and each row's "fraction of
+the round's peak" is the median over rounds of its images/s against the peak of the same round: the
+machine's speed drifts by 20 % within minutes, and a peak timed minutes away from a step measures
+the drift as much as the step. Each worker's peak resident memory (``ru_maxrss``) is reported beside
+it. Not a test.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Worker:
         )
         self.ready = self._read()
         self.round_medians: list[float] = []
+        self.round_best: list[float] = []
 
     def _read(self) -> dict:
         assert self.process.stdout is not None
@@ -61,7 +66,9 @@ class Worker:
         return self._read()
 
     def time_round(self, steps: int) -> None:
-        self.round_medians.append(statistics.median(self._send({"steps": steps})["step_s"]))
+        seconds = self._send({"steps": steps})["step_s"]
+        self.round_medians.append(statistics.median(seconds))
+        self.round_best.append(min(seconds))
 
     def quit(self) -> float:
         rss = self._send({"quit": True})["max_rss_mib"]
@@ -149,12 +156,23 @@ def start_workers(model: str, batch: int, args) -> list[Worker]:
     return workers
 
 
+def start_peak_worker(args) -> Worker:
+    """The ``jnp.dot`` peak as one more worker of the rounds (``step_worker_peak.py``)."""
+    command = [sys.executable, str(HERE / "step_worker_peak.py"), f"--size={args.peak_size}"]
+    return Worker("peak", 1, command, _tree_env(args.ours[0][1]))
+
+
 def measure(model: str, batch: int, args) -> list[dict]:
     workers = start_workers(model, batch, args)
+    peak = start_peak_worker(args)
     for round_index in range(args.rounds):
-        shift = round_index % len(workers)
-        for worker in workers[shift:] + workers[:shift]:
+        turns = [*workers, peak]
+        shift = round_index % len(turns)
+        for worker in turns[shift:] + turns[:shift]:
             worker.time_round(args.steps)
+    peak.quit()
+    # each round's peak: its best dot (as the peak measured alone is a best of 10)
+    round_peaks = [peak.ready["flop_per_step"] / s / 1e9 for s in peak.round_best]
     reference = workers[0] if args.reference_repo else None
     mflop = next(w.ready["mflop_per_image"] for w in workers if w.label != "reference")
     rows = []
@@ -176,6 +194,12 @@ def measure(model: str, batch: int, args) -> list[dict]:
             "max_rss_mib": rss,
             "allocator": worker.ready.get("allocator", "?"),
             "mflop_per_image": mflop,
+            "round_peak_gflops": round_peaks,
+            # each round's images/s against that round's peak, the median over rounds
+            "fraction_of_round_peak": statistics.median(
+                mflop * batch * worker.seeds / step / 1e3 / gflops
+                for step, gflops in zip(worker.round_medians, round_peaks, strict=True)
+            ),
         }
         if reference is not None:
             ratios = [
@@ -190,15 +214,21 @@ def measure(model: str, batch: int, args) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """The rows as a Markdown table."""
     lines = [
-        "| model | batch | seeds | code | images/s | vs reference | fraction of peak | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | batch | seeds | code | images/s | vs reference | fraction of peak "
+        "| of the round's peak | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def percent(value):
+        return "-" if value is None else f"{100 * value:.0f} %"
+
     for r in rows:
-        peak, ratio = r.get("fraction_of_peak"), r.get("vs_reference")
+        ratio = r.get("vs_reference")
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['seeds']} | {r['code']} | "
             f"{r['images_per_s']:.0f} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
-            f"{'-' if peak is None else f'{100 * peak:.0f} %'} | {r['max_rss_mib']:.0f} |"
+            f"{percent(r.get('fraction_of_peak'))} | {percent(r.get('fraction_of_round_peak'))} | "
+            f"{r['max_rss_mib']:.0f} |"
         )
     return "\n".join(lines)
 

@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
     # NMF loops run over chunks of positions of about this many bytes (cache-sized); None:
     # automatic (16 MiB on a CPU, no chunking on accelerators), 0: never.
     config.model.chunk_bytes = config_dict.placeholder(int)
+    # NMF loops pad the inputs S of a layer with zeros to a multiple of this (the same codes; the
+    # products run on whole vectors); None: automatic (16 on a CPU, none on accelerators), 0: never.
+    config.model.pad_inputs = config_dict.placeholder(int)
     # Matrix products of the NMF loops: "float32" (HIGHEST) | "bfloat16" (mixed: bf16 inputs,
     # float32 accumulation; h and the divisions stay float32) | "tf32" (Precision.DEFAULT)
     config.model.precision = "float32"

@@ -191,7 +191,27 @@ def test_flat_public_api():
     ):
         assert hasattr(dnmf, name), name
     assert dnmf.nnx.NMFConv is not dnmf.NMFConv
+    for name in dnmf.__all__:  # each loads on first use
+        assert getattr(dnmf, name) is not None, name
     assert set(dnmf.__all__) <= set(dir(dnmf))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        dnmf.nope  # noqa: B018
+
+
+def test_the_command_line_starts_without_jax():
+    """``import deepnmf_jax.cli`` (the ``deepnmf`` entry point) loads neither JAX nor the package's
+    subpackages, so the command re-executes itself on tcmalloc before the second import costs
+    anything (:mod:`deepnmf_jax._malloc`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, deepnmf_jax.cli, deepnmf_jax\n"
+        "heavy = [m for m in ('jax', 'flax', 'deepnmf_jax.core') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_every_package_folder_is_installed():

@@ -290,6 +290,13 @@ def test_side_by_side_runs_our_code_trees_and_refuses_a_folder_without_the_packa
     row = report["rows"][0]
     fraction = row["mflop_per_image"] * row["images_per_s"] / 1e3 / report["peak_gflops"]
     assert row["fraction_of_peak"] == pytest.approx(fraction)
+    # the peak also took its turn in each of the 2 rounds; each round's steps against its peak
+    assert len(row["round_peak_gflops"]) == 2 and min(row["round_peak_gflops"]) > 0
+    per_round = [
+        row["mflop_per_image"] * 4 / step / 1e3 / peak
+        for step, peak in zip(row["round_step_s"], row["round_peak_gflops"], strict=True)
+    ]
+    assert row["fraction_of_round_peak"] == pytest.approx(sum(per_round) / 2)
     refused = subprocess.run(
         [sys.executable, "benchmarks/side_by_side.py", f"--ours=old={tmp_path}"],
         cwd=ROOT,

@@ -1,10 +1,17 @@
-"""The redesign changed no number: the paper's four models train bit-identically to version 0.1 for the
-same seed, and a run written by 0.1 (its ``config.json`` and checkpoint) resumes.
+"""Version 0.1's paper models and runs under this version: they train alike for the same seed, and a run
+written by 0.1 (its ``config.json`` and checkpoint) resumes.
 
 Version 0.1.0 is taken from the repository's own history (commit 6628618, ``git archive``) and run
 here, on this machine's JAX, beside the current code: float results may differ between CPUs (vector
 widths), so the comparison is made on one machine, not against numbers stored from another. Without
 the history (a shallow copy) the tests are skipped with that reason.
+
+0.2 trained bit for bit as 0.1. 0.3 sums in other orders (pixel-major patches and their box sums, the
+padded first NMF layer, BatchNorm's one-pass backward), so losses and accuracies agree to float32
+rounding and the weights after an epoch to about 1e-6 of their scale, except one kind of parameter:
+a bias in front of a BatchNorm, whose gradient is zero in exact arithmetic (the BatchNorm subtracts
+every constant). There both versions feed Adam rounding noise of about 1e-10, which Adam scales up to
+steps of the learning rate, so those biases wander apart; they change no output.
 """
 
 import json
@@ -12,6 +19,8 @@ import shutil
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from tests.runners import ROOT, subprocess_env
@@ -89,18 +98,42 @@ def _train_all(folder):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_paper_models_train_bit_identically_to_version_0_1(v0_1_runs, tmp_path):
+def _params(run):
+    from flax import traverse_util
+
+    from deepnmf_jax.evaluation.runs import open_run
+
+    state = open_run(run, "latest", batch_stats=True).state
+    return traverse_util.flatten_dict(jax.device_get(state.params))
+
+
+def assert_trained_alike(new_run, old_run, weights_rtol=1e-3):
+    """The last epoch's records and the latest weights of two runs, to float32 rounding amplified by
+    training: weights within ``weights_rtol`` of each layer's largest (module docstring: biases in
+    front of a BatchNorm excepted)."""
+    records = [
+        json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+        for run in (old_run, new_run)
+    ]
+    np.testing.assert_allclose(records[1]["train_loss"], records[0]["train_loss"], rtol=1e-5)
+    assert records[1]["test_accuracy"] == records[0]["test_accuracy"]
+    old, new = _params(old_run), _params(new_run)
+    assert old.keys() == new.keys()
+    for path, value in new.items():
+        *layer, name = path
+        if name == "bias" and (*layer[:-1], f"{layer[-1]}_bn") in {k[:-1] for k in new}:
+            continue  # a bias in front of a BatchNorm: gradient zero in exact arithmetic
+        scale = float(np.max(np.abs(old[path])))
+        np.testing.assert_allclose(
+            value, old[path], rtol=0, atol=weights_rtol * scale, err_msg=str(path)
+        )
+
+
+def test_paper_models_train_like_version_0_1(v0_1_runs, tmp_path):
     _train_all(tmp_path)
     for model in MODELS:
-        old, new = _checkpoint(v0_1_runs / model, 6), _checkpoint(tmp_path / model, 6)
-        assert new["checksum"] == old["checksum"], model
-        records = [
-            json.loads((run / model / "metrics.jsonl").read_text().splitlines()[0])
-            for run in (v0_1_runs, tmp_path)
-        ]
-        for key in ("train_loss", "test_accuracy"):
-            assert records[1][key] == records[0][key], (model, key)
-        assert new["version"] == "0.2.0"  # checkpoints record the version that wrote them
+        assert_trained_alike(tmp_path / model, v0_1_runs / model)
+        assert _checkpoint(tmp_path / model, 6)["version"] == "0.2.0"  # the version that wrote it
 
 
 def _cli(*args):
@@ -115,13 +148,14 @@ def _cli(*args):
 
 
 @pytest.mark.slow
-def test_a_run_written_by_version_0_1_resumes_exactly(v0_1_runs, tmp_path):
-    """The 0.1 run (1 epoch) goes on to 2 epochs under 0.2 and ends where a fresh 0.2 run of 2
-    epochs does: its config.json (without the keys added since) and its checkpoint are read."""
+def test_a_run_written_by_version_0_1_resumes(v0_1_runs, tmp_path):
+    """The 0.1 run (1 epoch) goes on to 2 epochs under this version and ends where a fresh run of 2
+    epochs does, to rounding (the first epochs were summed in other orders): its config.json
+    (without the keys added since) and its checkpoint are read."""
     old = tmp_path / "old"
     shutil.copytree(v0_1_runs / "cnmf_1x1", old)
     saved = json.loads((old / "config.json").read_text())
-    assert "unroll" not in saved["model"]  # written before the key existed
+    assert "unroll" not in saved["model"] and "pad_inputs" not in saved["model"]  # written before
     common = ["--config", "cifar10:sample", *FLAGS, "--config.model.name=cnmf_1x1"]
     common.append("--config.num_epochs=2")
     resumed = _cli("train", *common, "--workdir", str(old))
@@ -129,6 +163,9 @@ def test_a_run_written_by_version_0_1_resumes_exactly(v0_1_runs, tmp_path):
     assert "resumed from epoch 1" in resumed.stderr
     fresh = _cli("train", *common, "--workdir", str(tmp_path / "fresh"))
     assert fresh.returncode == 0, fresh.stderr[-3000:]
-    assert _checkpoint(old, 12)["checksum"] == _checkpoint(tmp_path / "fresh", 12)["checksum"]
+    assert _checkpoint(old, 12)["progress"]["epoch"] == 2
+    # 12 Adam steps from weights that differ by rounding: up to 1e-2 of a layer's scale (7e-3 for
+    # the first BatchNorm's bias on an AMD EPYC); the losses still agree to 1e-5
+    assert_trained_alike(old, tmp_path / "fresh", weights_rtol=2e-2)
     changes = (old / "config_changes.jsonl").read_text().splitlines()
     assert json.loads(changes[0])["changed"] == {"num_epochs": [1, 2]}

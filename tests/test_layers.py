@@ -265,3 +265,142 @@ def test_patch_sums_by_hand():
 def test_patch_conv_rejects_unknown_method():
     with pytest.raises(ValueError, match="method must be one of"):
         layers.PatchConv(4, 3, method="fft").init(jax.random.key(0), jnp.ones((1, 4, 4, 1)))
+
+
+def test_pixel_major_patches_by_hand():
+    # x[n, h, w, c] = 100 c + 10 h + w: the 2x2 patch at (0, 0), pixel by pixel, channels within.
+    h, w, c = np.meshgrid(np.arange(3), np.arange(3), np.arange(2), indexing="ij")
+    x = jnp.asarray((100 * c + 10 * h + w)[None], jnp.float64)
+    geometry = patches.patch_geometry(x.shape, 2)
+    patch = patches.pixel_major_patches(x, geometry)[0, 0, 0]
+    np.testing.assert_array_equal(patch, [[0, 100, 1, 101, 10, 110, 11, 111]])
+    # two groups of one channel: each group's window on its own
+    grouped = patches.pixel_major_patches(x, geometry, groups=2)[0, 0, 0]
+    np.testing.assert_array_equal(grouped, [[0, 1, 10, 11], [100, 101, 110, 111]])
+
+
+@pytest.mark.parametrize(
+    "kernel_size,strides,padding,groups",
+    [(5, 1, 0, 1), ((2, 3), (2, 1), 1, 2), ("full", 1, 0, 4), (1, 1, 0, 1)],
+)
+def test_pixel_major_patches_are_the_patches_moved_and_the_kernel_moves_alike(
+    getkey, kernel_size, strides, padding, groups
+):
+    x = jax.random.uniform(getkey(), (2, 7, 6, 4), jnp.float64)
+    geometry = patches.patch_geometry(x.shape, kernel_size, strides, padding)
+    channel_major = nmf.extract_patches(x, kernel_size, strides, padding)
+    pixel_major = patches.pixel_major_patches(x, geometry, groups)
+    np.testing.assert_array_equal(
+        patches.pixel_major_to_channel_major(pixel_major, 4), channel_major
+    )
+    np.testing.assert_array_equal(
+        patches.channel_major_to_pixel_major(channel_major, 4, groups), pixel_major
+    )
+    s = channel_major.shape[-1]
+    kernel = jax.random.normal(getkey(), patches.kernel_shape(s, 6 * groups, groups), jnp.float64)
+    moved = patches.pixel_major_kernel(kernel, 4, geometry.kernel)
+    np.testing.assert_allclose(
+        patches.grouped_linear(pixel_major.reshape(channel_major.shape), moved),
+        patches.grouped_linear(channel_major, kernel),
+        rtol=1e-13,
+        atol=1e-14,
+    )
+
+
+@pytest.mark.parametrize(
+    "kernel_size,strides,padding,groups",
+    [(5, 1, 0, 1), (3, 2, 1, 2), ("full", 1, 0, 1), ((2, 3), (2, 1), 1, 4), (1, 1, 0, 1)],
+)
+def test_nmf_conv_is_the_reference_composition_in_float64_with_zero_patches(
+    getkey, kernel_size, strides, padding, groups
+):
+    """Pixel-major patches normalised by box sums, W's rows moved to match: the reference's
+    channel-major patches, each L1-normalised, through the NMF (per group, renormalised), forward
+    and gradients, also where whole patches are zero."""
+    x = jax.random.uniform(getkey(), (2, 9, 8, 8), jnp.float64)
+    x = x.at[0, :5, :5].set(0.0)
+    layer = layers.NMFConv(8, kernel_size, strides, padding, groups=groups)
+    variables = jax.tree_util.tree_map(
+        lambda v: v.astype(jnp.float64), layer.init(jax.random.key(0), x)
+    )
+    u = variables["params"]["kernel"]
+    options = layer.options
+
+    def reference(x, u):
+        features = patches.split_groups(
+            nmf.extract_patches(x, kernel_size, strides, padding), groups
+        )
+        w = nmf.normalize_weight(u)
+        w = w if groups > 1 else w[None]
+        codes = [
+            nmf.nmf_fixed_point(nmf.l1_normalize(features[..., g, :]), w[g], options)
+            for g in range(groups)
+        ]
+        return nmf.l1_normalize(jnp.concatenate(codes, -1)) if groups > 1 else codes[0]
+
+    def ours(x, u):
+        return layer.apply({"params": {"kernel": u}}, x)
+
+    g = jax.random.normal(getkey(), reference(x, u).shape, jnp.float64)
+
+    def objective(fn):
+        return jax.grad(lambda x, u: jnp.sum(g * fn(x, u)), (0, 1))(x, u)
+
+    np.testing.assert_allclose(ours(x, u), reference(x, u), rtol=1e-13, atol=1e-15)
+    for got, want in zip(objective(ours), objective(reference), strict=True):
+        assert bool(jnp.all(jnp.isfinite(got)))
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+    if kernel_size != "full":
+        np.testing.assert_array_equal(ours(x, u)[0, 0, 0], 0.0)  # an all-zero patch
+
+
+def test_batch_normalize_backward_is_autodiffs_in_float64(getkey):
+    """The one-pass backward of ``batch_normalize`` against autodiff of moments and normalize, with
+    cotangents on all three outputs (y, mean, var)."""
+    from deepnmf_jax.nn import _batch_norm as bn
+
+    x = 3.0 + jax.random.normal(getkey(), (4, 3, 5, 6), jnp.float64)
+    scale = jax.random.normal(getkey(), (6,), jnp.float64)
+    bias = jax.random.normal(getkey(), (6,), jnp.float64)
+    cotangents = (
+        jax.random.normal(getkey(), x.shape, jnp.float64),
+        jax.random.normal(getkey(), (6,), jnp.float64),
+        jax.random.normal(getkey(), (6,), jnp.float64),
+    )
+
+    def by_autodiff(x, scale, bias):
+        mean, var = bn.moments(x)
+        return bn.normalize(x, mean, var, scale, bias), mean, var
+
+    outputs, pullback = jax.vjp(bn.batch_normalize, x, scale, bias)
+    want_outputs, want_pullback = jax.vjp(by_autodiff, x, scale, bias)
+    for got, want in zip(outputs, want_outputs, strict=True):
+        np.testing.assert_array_equal(got, want)  # the same forward expression
+    for got, want in zip(pullback(cotangents), want_pullback(cotangents), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+
+
+def test_batch_normalize_backward_by_hand():
+    """A constant cotangent c on y: y sums to n * bias per channel whatever x is, so dx = 0,
+    dbias = n c and dscale = c * sum(xhat) = 0. One channel, x = (0, 1, 2, 5): mean 2, var 3.5."""
+    from deepnmf_jax.nn import _batch_norm as bn
+
+    x = jnp.asarray([[0.0], [1.0], [2.0], [5.0]], jnp.float64)
+    one = jnp.ones((1,), jnp.float64)
+    (y, mean, var), pullback = jax.vjp(
+        lambda x, s, b: bn.batch_normalize(x, s, b, 0.0), x, one, one
+    )
+    np.testing.assert_allclose(mean, [2.0])
+    np.testing.assert_allclose(var, [3.5])
+    np.testing.assert_allclose(y[:, 0], (np.array([0, 1, 2, 5]) - 2) / np.sqrt(3.5) + 1, rtol=1e-15)
+    zero = jnp.zeros((1,), jnp.float64)
+    dx, dscale, dbias = pullback((jnp.full_like(x, 0.5), zero, zero))
+    np.testing.assert_allclose(dx, 0.0, atol=1e-15)
+    np.testing.assert_allclose(dbias, [2.0])
+    np.testing.assert_allclose(dscale, [0.0], atol=1e-15)
+    # a cotangent on the mean alone: d mean / dx_i = 1/4
+    dx, _, _ = pullback((jnp.zeros_like(x), one, zero))
+    np.testing.assert_allclose(dx[:, 0], [0.25] * 4)
+    # on the variance alone: d var / dx_i = 2 (x_i - mean) / 4
+    dx, _, _ = pullback((jnp.zeros_like(x), zero, one))
+    np.testing.assert_allclose(dx[:, 0], [-1.0, -0.5, 0.0, 1.5])

@@ -386,3 +386,54 @@ def test_backward_rules_are_objects_and_names_alike():
     assert nmf.NMFOptions(backward=nmf.Implicit()).gradient == "implicit"
     assert [nmf.backward_from_name(n).name for n in nmf.BACKWARD_NAMES] == list(nmf.BACKWARD_NAMES)
     assert nmf.backward_from_name("unrolled", remat=True) == nmf.Unrolled(remat=True)
+
+
+def test_inputs_pad_to_a_multiple_of_sixteen_on_a_cpu_by_default():
+    """S = 75 (the paper's first layer) runs as 80 inputs on a CPU, S = 80 as itself, and
+    ``pad_inputs=0`` not at all: the loop's products are (P, 80) x (80, 32) after padding."""
+
+    def pads(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "pad":
+                yield tuple(eqn.outvars[0].aval.shape)
+            for param in eqn.params.values():
+                inner = getattr(param, "jaxpr", param)
+                if hasattr(inner, "eqns"):
+                    yield from pads(inner)
+
+    def input_widths(s, **options):
+        x, w = jnp.ones((4, s)) / s, jnp.ones((s, 32)) / s
+        return set(pads(jax.make_jaxpr(lambda x, w: nmf.nmf_fixed_point(x, w, **options))(x, w)))
+
+    assert jax.default_backend() == "cpu"
+    assert input_widths(75) == {(4, 80), (80, 32)}
+    assert input_widths(80) == set()
+    assert input_widths(75, pad_inputs=0) == set()
+    assert input_widths(75, pad_inputs=1) == set()
+    assert input_widths(75, pad_inputs=8) == {(4, 80), (80, 32)}
+    assert input_widths(75, pad_inputs=32) == {(4, 96), (96, 32)}
+    with pytest.raises(ValueError, match="pad_inputs must be None or >= 0, got -1"):
+        nmf.NMFOptions(pad_inputs=-1)
+
+
+@pytest.mark.parametrize("gradient", ["approximate", "unrolled", "implicit", "local_kl"])
+def test_padded_inputs_give_the_same_codes_and_gradients_in_every_mode(small_problem, gradient):
+    """Zero inputs and zero rows of W change neither h nor the gradients of the real inputs (S = 6
+    padded to 16), also at an all-zero position; the padding's own gradients are dropped."""
+    x, w, g = small_problem
+
+    def run(pad_inputs):
+        def objective(x, w):
+            h = nmf.nmf_fixed_point(x, w, iterations=7, backward=gradient, pad_inputs=pad_inputs)
+            return jnp.sum(g * h), h
+
+        return jax.jit(jax.grad(objective, (0, 1), has_aux=True))(x, w)
+
+    (gx, gw), h = run(16)
+    (gx0, gw0), h0 = run(0)
+    assert gx.shape == x.shape and gw.shape == w.shape
+    np.testing.assert_allclose(h, h0, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(gx, gx0, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(gw, gw0, rtol=1e-10, atol=1e-13)
+    np.testing.assert_array_equal(h[0, 1], 0.0)
+    assert bool(jnp.all(jnp.isfinite(gx))) and bool(jnp.all(jnp.isfinite(gw)))

@@ -26,7 +26,12 @@ from jax.experimental import checkify
 
 from deepnmf_jax.core import solve as solve_lib
 from deepnmf_jax.core.ops import l1_normalize, num_chunks
-from deepnmf_jax.core.options import DEFAULT_CHUNK_BYTES, NMFOptions, Unrolled
+from deepnmf_jax.core.options import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_PAD_INPUTS,
+    NMFOptions,
+    Unrolled,
+)
 
 
 def _abs_torch_grad(u: jax.Array) -> jax.Array:
@@ -62,6 +67,18 @@ def _check_inputs(x: jax.Array, w: jax.Array, name: str) -> None:
     checkify.check(
         jnp.all(w >= 0), f"NMF layer '{name}': weight W has negative entries (min {{}})", jnp.min(w)
     )
+
+
+def _pad_inputs(x, w, multiple: int | None, on_cpu: bool):
+    """x (P, S) and W (S, I) with S padded by zero inputs / zero rows to a multiple of ``multiple``
+    (None: ``DEFAULT_PAD_INPUTS`` on a CPU, none elsewhere). A zero input has ``x / R = 0`` and a
+    zero row of W adds nothing to ``R`` or to ``W^T (x / R)``: the codes are unchanged, and the
+    gradients of the padding are sliced off by autodiff of ``jnp.pad``."""
+    multiple = (DEFAULT_PAD_INPUTS if on_cpu else 0) if multiple is None else multiple
+    extra = -w.shape[0] % multiple if multiple > 1 else 0
+    if not extra:
+        return x, w
+    return jnp.pad(x, ((0, 0), (0, extra))), jnp.pad(w, ((0, extra), (0, 0)))
 
 
 def nmf_fixed_point(
@@ -119,9 +136,11 @@ def nmf_fixed_point(
     # backend, above all under vmap.
     x = x.astype(compute_dtype).reshape(-1, x.shape[-1])
     w = w.astype(compute_dtype)
+    on_cpu = jax.default_backend() == "cpu"
+    x, w = _pad_inputs(x, w, options.pad_inputs, on_cpu)
     chunk_bytes = options.chunk_bytes
     if chunk_bytes is None:
-        chunk_bytes = DEFAULT_CHUNK_BYTES if jax.default_backend() == "cpu" else 0
+        chunk_bytes = DEFAULT_CHUNK_BYTES if on_cpu else 0
     if not isinstance(x.shape[0], int):  # a symbolic batch (jax.export): the loop in one piece
         chunk_bytes = 0
     chunks = num_chunks(x.shape[0], w.shape[0], w.shape[1], x.dtype.itemsize, chunk_bytes)

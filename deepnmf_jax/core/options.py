@@ -22,6 +22,9 @@ PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 DEFAULT_CHUNK_BYTES = 16 * 2**20
 """The per-chunk working set that :func:`deepnmf_jax.core.num_chunks` aims at on a CPU."""
 
+DEFAULT_PAD_INPUTS = 16
+"""On a CPU the NMF loop pads S to a multiple of this (one AVX-512 vector of float32)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Approximate:
@@ -130,6 +133,11 @@ class NMFOptions:
         one after another, so each stays in cache; 0: one piece; None: ``DEFAULT_CHUNK_BYTES`` on a
         CPU and one piece on accelerators. The same values up to rounding. A symbolic batch size
         (``jax.export``) always runs in one piece.
+      pad_inputs: pad x with zero inputs (and W with zero rows) up to a multiple of this many
+        inputs S; zero inputs change no code (the same values up to the order of float sums) and
+        the matrix products run on whole vectors (the paper's first layer: S = 75 -> 80, its loop
+        about 7 % faster on an AVX-512 CPU). None: ``DEFAULT_PAD_INPUTS`` on a CPU, none on
+        accelerators; 0 or 1: none.
       unroll: passed to the loop's ``lax.fori_loop``: False (rolled, the default), True (fully
         unrolled: no loop control between iterations, a longer compile) or an int (that many
         iterations per trip). The same values either way.
@@ -145,6 +153,7 @@ class NMFOptions:
     backward: Backward = Approximate()
     precision: Precision = "float32"
     chunk_bytes: int | None = None
+    pad_inputs: int | None = None
     unroll: bool | int = False
     check_inputs: bool = False
     carry_inputs: bool = False
@@ -168,6 +177,8 @@ class NMFOptions:
             raise ValueError("carry_inputs=True is for inference; it does not go with Unrolled()")
         if self.chunk_bytes is not None and self.chunk_bytes < 0:
             raise ValueError(f"chunk_bytes must be None or >= 0, got {self.chunk_bytes!r}")
+        if self.pad_inputs is not None and self.pad_inputs < 0:
+            raise ValueError(f"pad_inputs must be None or >= 0, got {self.pad_inputs!r}")
         unroll = self.unroll
         if not isinstance(unroll, bool) and not (isinstance(unroll, int) and unroll >= 1):
             raise ValueError(f"unroll must be False, True or an int >= 1, got {unroll!r}")

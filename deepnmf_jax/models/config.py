@@ -51,6 +51,8 @@ class ModelConfig:
     batch_norm: str = field("batch")  # "batch" (reference) | "running"
     # the NMF loops run over chunks of positions of about this many bytes (None: automatic)
     chunk_bytes: int | None = field(None, resume="may_change")
+    # the NMF loops pad S with zero inputs to a multiple of this (None: automatic)
+    pad_inputs: int | None = field(None, resume="may_change", since="0.3.0")
     precision: str = field("float32")  # the NMF loops' products: float32 | bfloat16 | tf32
     # the NMF loops' unrolling: 0 rolled, -1 fully unrolled, k: k iterations per trip
     unroll: int = field(0, resume="may_change", since="0.2.0")
@@ -100,6 +102,10 @@ class ModelConfig:
             raise ConfigError(
                 f"config.model.chunk_bytes must be None or >= 0, got {self.chunk_bytes}"
             )
+        if self.pad_inputs is not None and self.pad_inputs < 0:
+            raise ConfigError(
+                f"config.model.pad_inputs must be None or >= 0, got {self.pad_inputs}"
+            )
         if is_preset(self.name):
             if self.head == "linear" and not has_linear_head(self.name):
                 raise ConfigError(
@@ -128,6 +134,7 @@ class ModelConfig:
             backward=backward_from_name(self.gradient, self.remat),
             precision=self.precision,  # type: ignore[arg-type]
             chunk_bytes=self.chunk_bytes,
+            pad_inputs=self.pad_inputs,
             unroll=unroll,
             check_inputs=self.check_inputs,
         )

@@ -16,21 +16,15 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from deepnmf_jax.core import nmf as nmf_lib
 from deepnmf_jax.core import patches
-from deepnmf_jax.core.ops import l1_normalize
+from deepnmf_jax.core.ops import NORM_EPS, divide, l1_normalize
 from deepnmf_jax.core.options import NMFOptions
 from deepnmf_jax.core.patches import KernelSize
+from deepnmf_jax.nn._batch_norm import per_channel
 
 PATCH_CONV_METHODS = ("matmul", "conv", "patches")
-BATCH_NORM_EPS = 1e-5
-
-
-def per_channel(v: jax.Array, like: jax.Array) -> jax.Array:
-    """A (C,) vector reshaped to broadcast against (..., C) explicitly (no implicit rank promotion)."""
-    return v.astype(like.dtype).reshape((1,) * (like.ndim - 1) + (-1,))
 
 
 def uniform(low: float, high: float):
@@ -81,29 +75,43 @@ def nmf_conv(
 ) -> tuple[jax.Array, jax.Array]:
     """Convolutional NMF: patches, L1 normalisation of each patch, the NMF fixed point per position.
 
+    The patches are formed pixel-major (:func:`~deepnmf_jax.core.patches.pixel_major_patches`, with
+    W's rows moved to match) and normalised by their box sums
+    (:func:`~deepnmf_jax.core.patches.patch_sums`): the reference's numbers up to the order of float
+    sums, and on CPUs a much cheaper copy and gradient than channel-major patches.
+
     Args:
       x: (N, H, W, C) non-negative inputs.
       u: the raw parameter U, (S, F) or (G, S/G, F/G), read as ``W = normalize_weight(U)``.
-      probe: ``probe(tag, value) -> value``, applied to the NMF input (``"nmf_input"``) and the
-        codes (``"codes"``); the Linen layer's gradient probes (identity by default).
+      probe: ``probe(tag, value) -> value``, applied to the NMF input (``"nmf_input"``, channel-major)
+        and the codes (``"codes"``); the Linen layer's gradient probes (identity by default).
 
     Returns:
-      (codes (N, H', W', F) summing to 1 over F, the NMF input: the L1-normalised patches).
+      (codes (N, H', W', F) summing to 1 over F, the NMF input: the L1-normalised patches
+      (N, H', W', S), channel-major as :func:`~deepnmf_jax.core.patches.extract_patches`).
     """
-    probe = probe or (lambda tag, value: value)
-    features = patches.extract_patches(x, kernel_size, strides, padding)
+    geometry = patches.patch_geometry(x.shape, kernel_size, strides, padding)
+    channels = x.shape[-1]
+    features = patches.pixel_major_patches(x, geometry, groups)  # (N, H', W', G, S/G)
+    sums = patches.patch_sums(x, geometry, groups)[..., None] + NORM_EPS  # (N, H', W', G, 1)
+    inputs = divide(features, sums)
+    if probe is not None:  # probes see the reference's channel-major features
+        perturbed = probe("nmf_input", patches.pixel_major_to_channel_major(inputs, channels))
+        inputs = patches.channel_major_to_pixel_major(perturbed, channels, groups)
     w = nmf_lib.normalize_weight(u).astype(x.dtype)
-    inputs = probe("nmf_input", patches.group_l1_normalize(features, groups))
+    w = patches.pixel_major_kernel(w, channels, geometry.kernel)
 
     def run(inputs_, weight):
         return nmf_lib.nmf_fixed_point(inputs_, weight, options, name=name)
 
     if groups == 1:
-        codes = run(inputs, w)
+        codes = run(inputs[..., 0, :], w)
     else:
         grouped = jax.vmap(run, in_axes=(-2, 0), out_axes=-2)
-        codes = l1_normalize(patches.merge_groups(grouped(patches.split_groups(inputs, groups), w)))
-    return probe("codes", codes), inputs
+        codes = l1_normalize(patches.merge_groups(grouped(inputs, w)))
+    if probe is not None:
+        codes = probe("codes", codes)
+    return codes, patches.pixel_major_to_channel_major(inputs, channels)
 
 
 def patch_conv(
@@ -145,19 +153,6 @@ def mix_1x1(
     y = l1_normalize(jax.nn.relu(x)) if normalize_input else x
     y = patches.grouped_linear(y, kernel.astype(x.dtype))
     return y + per_channel(bias, y)
-
-
-def moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(mean, biased variance) over every axis but the last, each (C,)."""
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axis=axes)
-    return mean, jnp.mean(jnp.square(x - per_channel(mean, x)), axis=axes)
-
-
-def normalize(x, mean, var, scale, bias, epsilon: float = BATCH_NORM_EPS) -> jax.Array:
-    """``(x - mean) / sqrt(var + eps) * scale + bias`` per channel (all (C,) vectors)."""
-    normalized = (x - per_channel(mean, x)) * lax.rsqrt(per_channel(var, x) + epsilon)
-    return normalized * per_channel(scale, x) + per_channel(bias, x)
 
 
 def avg_pool(x: jax.Array, window: int = 2) -> jax.Array:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from deepnmf_jax.core import patches
 from deepnmf_jax.core.options import NMFOptions
 from deepnmf_jax.core.patches import KernelSize
+from deepnmf_jax.nn import _batch_norm as BN
 from deepnmf_jax.nn import _functional as F
 
 BATCH_NORM_MODES = ("batch", "running")
@@ -206,7 +207,7 @@ class BatchNorm(nn.Module):
 
     mode: Literal["batch", "running"] = "batch"
     momentum: float = 0.1
-    epsilon: float = F.BATCH_NORM_EPS
+    epsilon: float = BN.BATCH_NORM_EPS
     param_dtype: Any = jnp.float32
     role: ClassVar[str] = "norm"
 
@@ -227,7 +228,9 @@ class BatchNorm(nn.Module):
             mean = self.get_variable(POPULATION, "mean")
             var = self.get_variable(POPULATION, "var")
         elif self.mode == "batch" or train:
-            mean, var = F.moments(x)
+            y, mean, var = BN.batch_normalize(
+                x, scale.astype(x.dtype), bias.astype(x.dtype), self.epsilon
+            )
             if self.is_mutable_collection(MOMENTS) and not self.is_initializing():
                 self.put_variable(MOMENTS, "mean", mean)
                 self.put_variable(MOMENTS, "var", var)
@@ -238,7 +241,8 @@ class BatchNorm(nn.Module):
                 m = self.momentum
                 running_mean.value = (1 - m) * running_mean.value + m * mean.astype(jnp.float32)
                 running_var.value = (1 - m) * running_var.value + m * unbiased.astype(jnp.float32)
+            return y
         else:
             assert running is not None  # mode "running" in evaluation
             mean, var = running[0].value, running[1].value
-        return F.normalize(x, mean, var, scale, bias, self.epsilon)
+        return BN.normalize(x, mean, var, scale, bias, self.epsilon)

@@ -25,6 +25,7 @@ from flax import nnx
 
 from deepnmf_jax.core import patches
 from deepnmf_jax.core.options import NMFOptions
+from deepnmf_jax.nn import _batch_norm as BN
 from deepnmf_jax.nn import _functional as F
 
 
@@ -192,8 +193,8 @@ class BatchNorm(nnx.Module):
         self.has_population = True
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        scale, bias = self.scale[...], self.bias[...]
         if self.use_running_average and self.has_population:
             mean, var = self.population_mean[...], self.population_var[...]
-        else:
-            mean, var = F.moments(x)
-        return F.normalize(x, mean, var, self.scale[...], self.bias[...])
+            return BN.normalize(x, mean, var, scale, bias)
+        return BN.batch_normalize(x, scale.astype(x.dtype), bias.astype(x.dtype))[0]
