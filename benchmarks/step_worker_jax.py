@@ -13,6 +13,8 @@ is ``{"ready": ..., "parameters": ..., "compile_s": ..., "mflop_per_image": ...,
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import pathlib
 
 import jax
 import numpy as np
@@ -20,9 +22,24 @@ import step_protocol  # beside this script
 
 import deepnmf_jax
 from deepnmf_jax import _malloc, _schema, training
-from deepnmf_jax.configs import default
 from deepnmf_jax.models import flops, param_counts
 from deepnmf_jax.training import program
+
+
+def default_config():
+    """The default config of the code tree under test: its own ``configs/default.py`` where the
+    package sits in a source tree (an editable install maps ``deepnmf_jax.configs`` to the
+    installed tree's ``configs/``, whatever ``PYTHONPATH`` says), else the installed one."""
+    own = pathlib.Path(deepnmf_jax.__file__).absolute().parent.parent / "configs" / "default.py"
+    if not own.is_file():
+        from deepnmf_jax.configs import default
+
+        return default.get_config()
+    spec = importlib.util.spec_from_file_location("_tree_default_config", own)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def main(argv=None) -> None:
@@ -35,7 +52,7 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], help="config KEY=VALUE")
     args = parser.parse_args(argv)
 
-    config = training.from_any(default.get_config()).replace(
+    config = training.from_any(default_config()).replace(
         {"model.name": args.model, "num_seeds": args.seeds, "batch_size": args.batch}
     )
     texts = dict(item.partition("=")[::2] for item in args.set)

@@ -5,6 +5,7 @@ shapes of the device check's smoke size, so that its speed section compiles litt
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -336,3 +337,26 @@ def test_ffi_nmf_loop_kernel_builds_and_gives_the_xla_loop_codes(tmp_path):
     ]
     for row in rows:
         assert row["difference"] < 1e-5 and row["xla_ms"] > 0 and row["fused_ms"] > 0
+
+
+def test_the_worker_reads_the_default_config_of_the_tree_under_test(tmp_path):
+    """An older tree's workers must not get this tree's defaults (an editable install maps
+    ``deepnmf_jax.configs`` to this tree's ``configs/`` whatever PYTHONPATH says): a key added since
+    would be unknown there."""
+    (tmp_path / "deepnmf_jax").symlink_to(ROOT / "deepnmf_jax")
+    (tmp_path / "configs").mkdir()
+    own = (ROOT / "configs" / "default.py").read_text()
+    (tmp_path / "configs" / "default.py").write_text(
+        own + "\n\n_get = get_config\n\n\ndef get_config():\n    c = _get()\n"
+        "    c.batch_size = 7\n    return c\n"
+    )
+    code = "import step_worker_jax as w; print(w.default_config().batch_size)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT / "benchmarks",  # beside the worker script
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "7"
