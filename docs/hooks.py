@@ -235,6 +235,7 @@ TABLES = {
     "side_by_side_cpu": lambda: side_by_side("side_by_side_cpu"),
     "ffi_nmf_loop": ffi_nmf_loop,
     "side_by_side_conv": lambda: side_by_side("side_by_side_conv"),
+    "side_by_side_tcmalloc": lambda: side_by_side("side_by_side_tcmalloc"),
     "side_by_side_cnmf_1x1_repeats": lambda: side_by_side_repeats("side_by_side_cnmf_1x1_repeats"),
     "released_weights": released_weights,
 }
