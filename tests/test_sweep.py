@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from deepnmf_jax import _malloc
 from deepnmf_jax.errors import ConfigError
 from deepnmf_jax.experiments import figures, grid, report, spec
 from tests.conftest import SWEEP_EPOCHS
@@ -18,6 +19,8 @@ from tests.runners import ROOT, SMOKE, run_module
 from tests.test_train import assert_trees_equal, final_state
 
 EPOCHS = SWEEP_EPOCHS
+# what the command line runs on here (deepnmf_jax._malloc): tcmalloc where it is installed
+ALLOCATOR = "tcmalloc" if _malloc.find_tcmalloc() else "system"
 
 
 # --- grids, names, plans ---------------------------------------------------------------------------
@@ -189,6 +192,8 @@ def test_local_sweep_runs_reports_and_reruns_nothing(local_sweep):
     for name in names:
         results = json.loads((folder / name / "results.json").read_text())
         assert results["epochs_completed"] == 30 and results["parameters"]["batchnorm"] == 24
+        # the variants' processes inherit the allocator the command re-executed itself on
+        assert results["machine"]["allocator"] == ALLOCATOR
     code, output = _sweep("run", "--config", SMOKE, "--workdir", str(folder), f"--config.{EPOCHS}")
     assert code == 0 and "(4 done); starting 0" in output, output
     code, output = _sweep("report", "--workdir", str(folder))
@@ -327,6 +332,7 @@ def test_slurm_preemption_requeues_and_a_cancelled_job_reruns_with_identical_res
         ours = json.loads((variant / "results.json").read_text())
         theirs = json.loads((reference / variant.name / "results.json").read_text())
         assert ours["per_seed"] == theirs["per_seed"] and ours["epochs_completed"] == 30
+        assert ours["machine"]["allocator"] == ALLOCATOR  # sbatch passes on the preload
 
 
 def test_fig6_draws_hand_made_rows_with_a_partial_one(tmp_path):
