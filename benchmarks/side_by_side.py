@@ -5,6 +5,7 @@ matmul peak and peak memory, per model, batch size and seed count.
     python benchmarks/side_by_side.py ... --ours before=/tmp/old_tree --ours after=.  # two code trees
     python benchmarks/side_by_side.py ... --ours matmul=. --ours conv=. --set conv:model.patch_conv=conv
     python benchmarks/side_by_side.py ... --ours glibc=. --ours tcmalloc=. --env glibc:DEEPNMF_MALLOC=system
+    python benchmarks/side_by_side.py ... --reference-also torch_tc --env torch_tc:LD_PRELOAD=/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
     python benchmarks/side_by_side.py ... --out benchmarks/results/side_by_side_cpu.json
 
 Every configuration runs in its own worker process (``step_worker_jax.py`` for ours, from each code
@@ -138,9 +139,11 @@ def start_workers(model: str, batch: int, args) -> list[Worker]:
             f"--batch={batch}",
             f"--threads={args.threads}",
         ]
-        env = dict(os.environ, PYTHONPATH=str(pathlib.Path(args.reference_repo).resolve()))
-        env.update(_environment(args.env, "reference"))
-        workers.append(Worker("reference", 1, command, env))
+        # the reference first (the ratios' denominator), then its --reference-also copies
+        for label in ("reference", *args.reference_also):
+            env = dict(os.environ, PYTHONPATH=str(pathlib.Path(args.reference_repo).resolve()))
+            env.update(_environment(args.env, label))
+            workers.append(Worker(label, 1, command, env))
     for label, tree in args.ours:
         for seeds in args.seeds:
             command = [
@@ -173,8 +176,7 @@ def measure(model: str, batch: int, args) -> list[dict]:
     peak.quit()
     # each round's peak: its best dot (as the peak measured alone is a best of 10)
     round_peaks = [peak.ready["flop_per_step"] / s / 1e9 for s in peak.round_best]
-    reference = workers[0] if args.reference_repo else None
-    mflop = next(w.ready["mflop_per_image"] for w in workers if w.label != "reference")
+    mflop = next(w.ready["mflop_per_image"] for w in workers if "mflop_per_image" in w.ready)
     rows = []
     for worker in workers:
         rss = worker.quit()
@@ -201,32 +203,41 @@ def measure(model: str, batch: int, args) -> list[dict]:
                 for step, gflops in zip(worker.round_medians, round_peaks, strict=True)
             ),
         }
-        if reference is not None:
+        # against the reference, and against each --reference-also copy: "vs_<label>"
+        for other in workers:
+            if other.label not in ("reference", *args.reference_also):
+                continue
             ratios = [
                 (batch * worker.seeds / ours) / (batch / theirs)
-                for ours, theirs in zip(worker.round_medians, reference.round_medians, strict=True)
+                for ours, theirs in zip(worker.round_medians, other.round_medians, strict=True)
             ]
-            row["vs_reference"] = statistics.median(ratios)
+            row[f"vs_{other.label}"] = statistics.median(ratios)
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    """The rows as a Markdown table."""
+    """The rows as a Markdown table (a "vs" column for the reference and each --reference-also)."""
+    others = sorted({k for r in rows for k in r if k.startswith("vs_") and k != "vs_reference"})
+    extra_heads = "".join(f" vs {k.removeprefix('vs_')} |" for k in others)
     lines = [
-        "| model | batch | seeds | code | images/s | vs reference | fraction of peak "
-        "| of the round's peak | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | seeds | code | images/s | vs reference |"
+        + extra_heads
+        + " fraction of peak | of the round's peak | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|" + "---|" * len(others) + "---|---|---|",
     ]
 
     def percent(value):
         return "-" if value is None else f"{100 * value:.0f} %"
 
+    def times(value):
+        return "-" if value is None else f"{value:.2f}x"
+
     for r in rows:
-        ratio = r.get("vs_reference")
+        extra = "".join(f" {times(r.get(k))} |" for k in others)
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['seeds']} | {r['code']} | "
-            f"{r['images_per_s']:.0f} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
+            f"{r['images_per_s']:.0f} | {times(r.get('vs_reference'))} |{extra} "
             f"{percent(r.get('fraction_of_peak'))} | {percent(r.get('fraction_of_round_peak'))} | "
             f"{r['max_rss_mib']:.0f} |"
         )
@@ -254,6 +265,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--reference-repo", help="mahbodnr/deep_nmf's folder (none: ours only)")
     parser.add_argument("--reference-python", default="python", help="a Python with torch")
+    parser.add_argument(
+        "--reference-also",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="one more reference worker under LABEL (repeat), e.g. with --env LABEL:LD_PRELOAD=...",
+    )
     parser.add_argument(
         "--ours",
         action="append",

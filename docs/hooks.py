@@ -236,6 +236,7 @@ TABLES = {
     "ffi_nmf_loop": ffi_nmf_loop,
     "side_by_side_conv": lambda: side_by_side("side_by_side_conv"),
     "side_by_side_tcmalloc": lambda: side_by_side("side_by_side_tcmalloc"),
+    "side_by_side_reference_tcmalloc": lambda: side_by_side("side_by_side_reference_tcmalloc"),
     "side_by_side_cnmf_1x1_repeats": lambda: side_by_side_repeats("side_by_side_cnmf_1x1_repeats"),
     "released_weights": released_weights,
 }

@@ -360,3 +360,27 @@ def test_the_worker_reads_the_default_config_of_the_tree_under_test(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "7"
+
+
+def test_side_by_side_table_has_a_column_per_reference_copy():
+    """``--reference-also LABEL`` rows carry ``vs_LABEL``; the table shows it after ``vs reference``,
+    and rows without it (older JSON) read "-"."""
+    table = _benchmark_module("side_by_side").table
+    base = {"model": "cnn", "batch": 50, "seeds": 1, "max_rss_mib": 500.0}
+    rows = [
+        {**base, "code": "reference", "images_per_s": 100.0, "vs_reference": 1.0},
+        {**base, "code": "tc", "images_per_s": 150.0, "vs_reference": 1.5, "vs_tc": 1.0},
+        {
+            **base,
+            "code": "after",
+            "images_per_s": 300.0,
+            "vs_reference": 3.0,
+            "vs_tc": 2.0,
+            "fraction_of_peak": 0.6,
+            "fraction_of_round_peak": 0.625,
+        },
+    ]
+    lines = table(rows).splitlines()
+    assert lines[0].startswith("| model | batch | seeds | code | images/s | vs reference | vs tc |")
+    assert lines[2] == "| cnn | 50 | 1 | reference | 100 | 1.00x | - | - | - | 500 |"
+    assert lines[4] == "| cnn | 50 | 1 | after | 300 | 3.00x | 2.00x | 60 % | 62 % | 500 |"

@@ -59,3 +59,13 @@ def test_readme_speed_line_is_the_side_by_side_results():
     models = ("cnn", "cnn_1x1", "cnmf", "cnmf_1x1")
     expected = [round(ratios[m, b], 2) for b in (50, 256) for m in models]
     assert quoted == expected
+    # and against the reference on tcmalloc, from the run that had both references
+    rows = json.loads(
+        (ROOT / "benchmarks" / "results" / "side_by_side_reference_tcmalloc.json").read_text()
+    )["rows"]
+    ratios = {
+        (r["model"], r["batch"]): r["vs_reference_tcmalloc"] for r in rows if r["code"] == "after"
+    }
+    line = _section("Results at a glance").split("against the reference\non tcmalloc", 1)[1]
+    quoted = [float(x) for x in re.findall(r"(\d+\.\d\d)x", line.split("(`benchmarks", 1)[0])]
+    assert quoted == [round(ratios[m, b], 2) for b in (50, 256) for m in models]
