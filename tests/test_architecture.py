@@ -193,6 +193,9 @@ def test_flat_public_api():
     assert dnmf.nnx.NMFConv is not dnmf.NMFConv
     for name in dnmf.__all__:  # each loads on first use
         assert getattr(dnmf, name) is not None, name
+    # the lazy loader's names are exactly the public ones
+    loaded = {"__version__", *dnmf._SUBPACKAGES, *dnmf._ORIGINS}
+    assert loaded == set(dnmf.__all__)
     assert set(dnmf.__all__) <= set(dir(dnmf))
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         dnmf.nope  # noqa: B018

@@ -84,9 +84,8 @@ def extract_patches(
     Returns:
       patches of shape (N, H', W', C*kh*kw), features ordered channel-major (c, ki, kj).
     """
-    (kh, kw), (sh, sw), (pad_h, pad_w), (out_h, out_w) = patch_geometry(
-        x.shape, kernel_size, strides, padding
-    )
+    geometry = patch_geometry(x.shape, kernel_size, strides, padding)
+    (kh, kw), (sh, sw), (pad_h, pad_w), (out_h, out_w) = geometry
     channels = x.shape[-1]
     if method == "conv":
         patches = lax.conv_general_dilated_patches(
@@ -100,14 +99,21 @@ def extract_patches(
         return patches
     if method != "slices":
         raise ValueError(f"method must be 'slices' or 'conv', got {method!r}")
-    x = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
-    slices = [
-        x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
+    stacked = jnp.stack(_window_slices(x, geometry), axis=-1)  # (N, H', W', C, kh*kw)
+    return stacked.reshape(x.shape[0], out_h, out_w, channels * kh * kw)
+
+
+def _window_slices(x: jax.Array, geometry: PatchGeometry) -> list[jax.Array]:
+    """The kh*kw strided slices of the zero-padded ``x`` (N, H, W, ...), window offset by window
+    offset ``(ki, kj)`` row-major: slice k holds pixel k of every patch, (N, H', W', ...)."""
+    (kh, kw), (sh, sw), (pad_h, pad_w), (out_h, out_w) = geometry
+    widths = [(0, 0), (pad_h, pad_h), (pad_w, pad_w)] + [(0, 0)] * (x.ndim - 3)
+    x = jnp.pad(x, widths)
+    return [
+        x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw]
         for i in range(kh)
         for j in range(kw)
     ]
-    stacked = jnp.stack(slices, axis=-1)  # (N, H', W', C, kh*kw)
-    return stacked.reshape(x.shape[0], out_h, out_w, channels * kh * kw)
 
 
 def pixel_major_patches(x: jax.Array, geometry: PatchGeometry, groups: int = 1) -> jax.Array:
@@ -128,16 +134,10 @@ def pixel_major_patches(x: jax.Array, geometry: PatchGeometry, groups: int = 1) 
     Returns:
       patches of shape (N, H', W', G, S/G), S = C*kh*kw.
     """
-    (kh, kw), (sh, sw), (pad_h, pad_w), (out_h, out_w) = geometry
-    n, _, _, channels = x.shape
-    x = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
-    x = x.reshape(x.shape[:3] + (groups, channels // groups))
-    slices = [
-        x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    stacked = jnp.stack(slices, axis=-2)  # (N, H', W', G, kh*kw, C/G)
+    (kh, kw), _, _, (out_h, out_w) = geometry
+    n, height, width, channels = x.shape
+    grouped = x.reshape(n, height, width, groups, channels // groups)
+    stacked = jnp.stack(_window_slices(grouped, geometry), axis=-2)  # (N, H', W', G, kh*kw, C/G)
     return stacked.reshape(n, out_h, out_w, groups, kh * kw * (channels // groups))
 
 
@@ -231,8 +231,9 @@ def normalized_patch_map(
       geometry: from :func:`patch_geometry`.
       groups: G.
       product: ``"matmul"``: raw patches (strided slices, pixel-major) times the kernel (its rows
-        moved to match), the fast form on XLA's CPU backend; ``"conv"``: ``lax.conv_general_dilated``, no patches at all (the natural form
-        for cuDNN; on XLA's CPU backend its gradient measured 2-5x slower than the matmul form).
+        moved to match), the fast form on XLA's CPU backend; ``"conv"``:
+        ``lax.conv_general_dilated``, no patches at all (the natural form for cuDNN; on XLA's CPU
+        backend its gradient measured 2-5x slower than the matmul form).
 
     Returns:
       (N, H', W', F).

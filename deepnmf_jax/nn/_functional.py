@@ -88,7 +88,8 @@ def nmf_conv(
 
     Returns:
       (codes (N, H', W', F) summing to 1 over F, the NMF input: the L1-normalised patches
-      (N, H', W', S), channel-major as :func:`~deepnmf_jax.core.patches.extract_patches`).
+      (N, H', W', G, S/G), pixel-major; :func:`~deepnmf_jax.core.patches.pixel_major_to_channel_major`
+      gives them in the order of :func:`~deepnmf_jax.core.patches.extract_patches`).
     """
     geometry = patches.patch_geometry(x.shape, kernel_size, strides, padding)
     channels = x.shape[-1]
@@ -111,7 +112,7 @@ def nmf_conv(
         codes = l1_normalize(patches.merge_groups(grouped(inputs, w)))
     if probe is not None:
         codes = probe("codes", codes)
-    return codes, patches.pixel_major_to_channel_major(inputs, channels)
+    return codes, inputs
 
 
 def patch_conv(

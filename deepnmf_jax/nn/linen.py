@@ -91,7 +91,11 @@ class NMFConv(nn.Module):
             name,
             probe,
         )
-        self.sow("intermediates", "nmf_input", inputs)
+        if self.is_mutable_collection("intermediates"):  # the reference's channel-major order
+            channels = x.shape[-1]
+            self.sow(
+                "intermediates", "nmf_input", patches.pixel_major_to_channel_major(inputs, channels)
+            )
         return codes
 
 
